@@ -1,0 +1,111 @@
+"""Per-shot cross-attention: each latent frame attends only to its own prompt.
+
+All prompts are concatenated on the token axis into one context of ``num_segments`` equal
+segments (each prompt padded with zero tokens to the common length, as UMT5 itself pads to 512).
+A frame whose segment is ``NO_TEXT`` (a reference without caption) gets a zero cross-attention
+output: it attends to no text.
+
+The segmented implementation never builds an [all tokens x all text] mask: it runs one plain
+attention per run of consecutive frames that share a segment, so memory is that of S small
+attentions. ``dense_masked_cross_attention`` is the straightforward masked reference it is
+tested against.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+NO_TEXT = -1
+
+# (q [B, Lq, H*d], k [B, Lk, H*d], v [B, Lk, H*d], heads) -> [B, Lq, H*d]
+AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
+
+
+def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+    """Plain multi-head attention on [B, L, H*d] tensors (PyTorch SDPA)."""
+    b, lq, inner = q.shape
+    d = inner // heads
+    qh, kh, vh = (t.view(b, -1, heads, d).transpose(1, 2) for t in (q, k, v))
+    out = F.scaled_dot_product_attention(qh, kh, vh)
+    return out.transpose(1, 2).reshape(b, lq, inner)
+
+
+def frame_runs(frame_segments: Sequence[int]) -> list[tuple[int, int, int]]:
+    """Group consecutive frames with the same segment: [(first_frame, end_frame, segment)]."""
+    runs: list[tuple[int, int, int]] = []
+    for f, seg in enumerate(frame_segments):
+        if runs and runs[-1][2] == seg and runs[-1][1] == f:
+            runs[-1] = (runs[-1][0], f + 1, seg)
+        else:
+            runs.append((f, f + 1, seg))
+    return runs
+
+
+def _check(q, k, frame_segments, tokens_per_frame, num_segments):
+    if q.shape[1] != len(frame_segments) * tokens_per_frame:
+        raise ValueError(f"{q.shape[1]} query tokens, expected {len(frame_segments)} frames x {tokens_per_frame}")
+    if k.shape[1] % num_segments:
+        raise ValueError(f"context of {k.shape[1]} tokens does not split into {num_segments} equal segments")
+    bad = [s for s in frame_segments if s != NO_TEXT and not 0 <= s < num_segments]
+    if bad:
+        raise ValueError(f"frame segments {bad} outside 0..{num_segments - 1}")
+
+
+def per_shot_cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
+                             frame_segments: Sequence[int], tokens_per_frame: int, num_segments: int,
+                             attention: AttentionFn = sdpa_attention) -> torch.Tensor:
+    """Cross-attention where the tokens of frame f see only text segment ``frame_segments[f]``.
+
+    Args:
+        q: [B, F*P, H*d] image-token queries (frame-major, P tokens per frame).
+        k, v: [B, num_segments*L, H*d] keys/values of the concatenated prompts.
+        heads: attention heads.
+        frame_segments: per latent frame, its segment index or NO_TEXT.
+        tokens_per_frame: P.
+        num_segments: how many equal segments the context holds.
+        attention: the backend for each (unmasked) sub-attention, e.g. ComfyUI's optimized one.
+    """
+    _check(q, k, frame_segments, tokens_per_frame, num_segments)
+    seg_len = k.shape[1] // num_segments
+    out = torch.zeros_like(q)  # NO_TEXT frames stay zero
+    for first, end, seg in frame_runs(frame_segments):
+        if seg == NO_TEXT:
+            continue
+        qs = slice(first * tokens_per_frame, end * tokens_per_frame)
+        ks = slice(seg * seg_len, (seg + 1) * seg_len)
+        out[:, qs] = attention(q[:, qs], k[:, ks], v[:, ks], heads)
+    return out
+
+
+def dense_masked_cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
+                                 frame_segments: Sequence[int], tokens_per_frame: int,
+                                 num_segments: int) -> torch.Tensor:
+    """Reference implementation with an explicit [tokens x text] boolean mask (quadratic memory)."""
+    _check(q, k, frame_segments, tokens_per_frame, num_segments)
+    seg_len = k.shape[1] // num_segments
+    token_seg = torch.tensor(frame_segments, device=q.device).repeat_interleave(tokens_per_frame)
+    key_seg = torch.arange(k.shape[1], device=q.device) // seg_len
+    allowed = token_seg[:, None] == key_seg[None, :]  # [Lq, Lk]
+    b, lq, inner = q.shape
+    d = inner // heads
+    qh, kh, vh = (t.view(b, -1, heads, d).transpose(1, 2).float() for t in (q, k, v))
+    logits = qh @ kh.transpose(-1, -2) / d ** 0.5
+    logits = logits.masked_fill(~allowed, float("-inf"))
+    probs = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # rows with no allowed key -> 0
+    out = (probs @ vh).transpose(1, 2).reshape(b, lq, inner)
+    return out.to(q.dtype)
+
+
+def pad_segments(contexts: Sequence[torch.Tensor], seg_len: int) -> torch.Tensor:
+    """Concatenate [1, L_i, C] prompt encodings into [1, n*seg_len, C] of equal segments.
+
+    Shorter prompts are padded with zero tokens (UMT5 itself pads to 512 with zeros). Callers
+    keep n*seg_len different from the image-token count: the attention hook tells self- from
+    cross-attention by key length.
+    """
+    if any(c.shape[1] > seg_len for c in contexts):
+        raise ValueError("a prompt is longer than the segment length")
+    return torch.cat([F.pad(c, (0, 0, 0, seg_len - c.shape[1])) for c in contexts], dim=1)

@@ -1,0 +1,118 @@
+"""Patches that turn ComfyUI's stock Wan2.1 into a DreamShot model, on a clone only.
+
+- Clean frames: three object patches on the WAN21 BaseModel, the way ComfyUI's WAN22 does it
+  natively (extra_conds forwards the denoise mask, process_timestep gives per-frame timesteps,
+  scale_latent_inpaint hands the model the clean latent), so references and kept shots reach
+  the DiT exactly clean at t = 0.
+- Per-shot cross-attention: transformer_options["optimized_attention_override"], reading the
+  story's frame -> prompt-segment map from transformer_options["dreamshot"].
+"""
+
+from __future__ import annotations
+
+import comfy.conds
+import comfy.model_base
+
+from ..attention import per_shot_cross_attention
+from ..clean_frames import per_frame_timestep
+
+STORY_KEY = "dreamshot"
+SELF_ATTENTION_HOOKS_KEY = "dreamshot_self_attention"
+
+
+def check_wan21_t2v(model, node: str | None = None) -> None:
+    """Refuse anything but a Wan2.1 text-to-video model, with a message naming the fix."""
+    from ..errors import DreamShotInputError
+
+    base = getattr(model, "model", None)
+    if type(base) is not comfy.model_base.WAN21:
+        name = type(base).__name__ if base is not None else type(model).__name__
+        raise DreamShotInputError(
+            "model", f"DreamShot needs a Wan2.1 text-to-video model, got {name}.",
+            "load wan2.1_t2v_1.3B or wan2.1_t2v_14B with Load Diffusion Model (UNETLoader).", node=node)
+    dm = base.diffusion_model
+    if dm.patch_embedding.weight.shape[1] != dm.out_dim or getattr(dm, "img_emb", None) is not None:
+        raise DreamShotInputError(
+            "model", "this Wan2.1 checkpoint is an image-to-video / Fun variant, not text-to-video.",
+            "load a Wan2.1 T2V checkpoint (wan2.1_t2v_1.3B or wan2.1_t2v_14B).", node=node)
+
+
+def _clean_frame_patches(patcher):
+    base_extra_conds = patcher.get_model_object("extra_conds")
+
+    def extra_conds(**kwargs):
+        out = base_extra_conds(**kwargs)
+        denoise_mask = kwargs.get("denoise_mask", None)
+        if denoise_mask is not None:
+            out["denoise_mask"] = comfy.conds.CONDRegular(denoise_mask)
+        return out
+
+    def process_timestep(timestep, x=None, denoise_mask=None, **kwargs):
+        if denoise_mask is None:
+            return timestep
+        return per_frame_timestep(timestep, denoise_mask)
+
+    def scale_latent_inpaint(sigma=None, noise=None, latent_image=None, **kwargs):
+        return latent_image
+
+    return {"extra_conds": extra_conds, "process_timestep": process_timestep,
+            "scale_latent_inpaint": scale_latent_inpaint}
+
+
+def _attention_override(previous):
+    """ComfyUI attention hook: per-shot cross-attention; self-attention goes to DreamShot's
+    self-attention hooks (role attention) when set, else through unchanged."""
+
+    def override(func, q, k, v, *args, heads=None, transformer_options=None, **kwargs):
+        def passthrough():
+            if previous is not None:
+                return previous(func, q, k, v, *args, heads=heads, transformer_options=transformer_options, **kwargs)
+            return func(q, k, v, *args, heads=heads, transformer_options=transformer_options, **kwargs)
+
+        story = (transformer_options or {}).get(STORY_KEY)
+        if story is None or args or kwargs.get("mask") is not None or kwargs.get("skip_reshape"):
+            return passthrough()
+        if q.shape[1] != story["num_tokens"]:
+            raise RuntimeError(
+                f"DreamShot: the model got {q.shape[1]} image tokens but the story was packed for "
+                f"{story['num_tokens']}; sample the latent that Shot Sequence Pack produced.")
+        if k.shape[1] == q.shape[1]:  # self-attention (cross-attention keys never have this length)
+            hook = transformer_options.get(SELF_ATTENTION_HOOKS_KEY)
+            if hook is not None:
+                return hook(func, q, k, v, heads=heads, transformer_options=transformer_options, **kwargs)
+            return passthrough()
+        if k.shape[1] != story["context_length"]:
+            return passthrough()
+
+        def backend(qs, ks, vs, h):
+            return func(qs, ks, vs, h, transformer_options=transformer_options, **kwargs)
+
+        return per_shot_cross_attention(q, k, v, heads, story["frame_segments"], story["tokens_per_frame"],
+                                         story["num_segments"], attention=backend)
+
+    return override
+
+
+def story_options(sequence) -> dict:
+    """What the attention hook needs to know of a story (plain Python values)."""
+    lay = sequence.layout
+    return {
+        "frame_segments": list(sequence.plan.frame_segments),
+        "tokens_per_frame": lay.tokens_per_frame,
+        "num_tokens": lay.num_tokens,
+        "num_segments": sequence.num_segments,
+        "context_length": sequence.num_segments * sequence.segment_length,
+    }
+
+
+def patch_for_story(model, sequence):
+    """A clone of ``model`` that samples ``sequence`` the DreamShot way. The input is untouched."""
+    check_wan21_t2v(model)
+    m = model.clone()
+    for name, obj in _clean_frame_patches(m).items():
+        m.add_object_patch(name, obj)
+    to = m.model_options.setdefault("transformer_options", {})
+    previous = to.get("optimized_attention_override")
+    to["optimized_attention_override"] = _attention_override(previous)
+    to[STORY_KEY] = story_options(sequence)
+    return m

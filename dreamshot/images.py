@@ -1,0 +1,64 @@
+"""Fitting reference and shot images to the storyboard size. Images are [H, W, 3] floats in 0..1."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .errors import DreamShotInputError
+
+FIT_METHODS = ("pad_white", "crop", "stretch", "error")
+
+
+def _resize(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    x = image.movedim(-1, 0).unsqueeze(0)
+    x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
+    return x.squeeze(0).movedim(0, -1).clamp(0.0, 1.0)
+
+
+def fit_image(image: torch.Tensor, width: int, height: int, method: str = "pad_white",
+              input_name: str = "image") -> torch.Tensor:
+    """Bring one [H, W, C] image to [height, width, 3].
+
+    pad_white keeps the aspect ratio and pads with white, as the official DreamShot code does for
+    references; crop fills the frame and centre-crops; stretch ignores the aspect ratio; error
+    refuses any size other than the target.
+    """
+    if image.ndim != 3 or image.shape[-1] < 3:
+        raise DreamShotInputError(input_name, f"expected an [H, W, 3] image, got shape {tuple(image.shape)}.",
+                                  "connect an IMAGE.")
+    image = image[..., :3].float()
+    h, w = image.shape[:2]
+    if (h, w) == (height, width):
+        return image
+    if method == "error":
+        raise DreamShotInputError(
+            input_name, f"image is {w}x{h} but the storyboard is {width}x{height}.",
+            "resize it first, or set the fit method to pad_white, crop or stretch.")
+    if method == "stretch":
+        return _resize(image, height, width)
+    if method == "crop":
+        scale = max(height / h, width / w)
+        rh, rw = max(height, round(h * scale)), max(width, round(w * scale))
+        resized = _resize(image, rh, rw)
+        top, left = (rh - height) // 2, (rw - width) // 2
+        return resized[top:top + height, left:left + width]
+    if method == "pad_white":
+        scale = min(height / h, width / w)
+        rh, rw = min(height, max(1, round(h * scale))), min(width, max(1, round(w * scale)))
+        out = torch.ones(height, width, 3, dtype=image.dtype, device=image.device)
+        top, left = (height - rh) // 2, (width - rw) // 2
+        out[top:top + rh, left:left + rw] = _resize(image, rh, rw)
+        return out
+    raise DreamShotInputError("fit", f"unknown fit method {method!r}.", f"use one of {', '.join(FIT_METHODS)}.")
+
+
+def fit_mask(mask: torch.Tensor, width: int, height: int, method: str = "pad_white") -> torch.Tensor:
+    """Fit a [H, W] mask exactly as fit_image fits its image (padding counts as outside)."""
+    as_image = mask.float().unsqueeze(-1).expand(*mask.shape, 3)
+    if method == "pad_white":
+        # the padding is outside the character: 0, not white
+        fitted = fit_image(as_image, width, height, "pad_white")
+        inside = fit_image(torch.zeros_like(as_image), width, height, "pad_white") < 0.5
+        return torch.where(inside[..., 0], fitted[..., 0], torch.zeros_like(fitted[..., 0]))
+    return fit_image(as_image, width, height, method)[..., 0]

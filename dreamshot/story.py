@@ -1,0 +1,214 @@
+"""Characters, shots and the plan that turns them into a packed story.
+
+``plan_story`` does every check and decision that needs no model: which references are used,
+which shots are kept, the latent layout, the prompt segments and which frame reads which
+segment. ``encode_story`` then runs the VAE and the text encoder passed in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+
+from .attention import NO_TEXT, pad_segments
+from .errors import DreamShotInputError
+from .images import fit_image, fit_mask
+from .layout import DEFAULT_MAX_LATENT_FRAMES, StoryLayout, check_resolution
+from .modes import Mode, resolve_clean_shots
+from .packing import VideoVAE, pack_latent
+
+
+@dataclass(frozen=True)
+class Character:
+    """One character: reference image(s) [N, H, W, 3], optional masks [N, H, W], a name and a caption."""
+
+    name: str
+    images: torch.Tensor
+    masks: torch.Tensor | None = None
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Shot:
+    """One storyboard shot: its prompt, the characters in it and an optional given image [H, W, 3]."""
+
+    prompt: str
+    characters: tuple[str, ...] = ()
+    image: torch.Tensor | None = None
+    # Per-character regions in this shot, name -> [H, W] mask in 0..1 (used by role attention).
+    regions: tuple[tuple[str, torch.Tensor], ...] = ()
+
+
+def parse_character_names(text: str) -> tuple[str, ...]:
+    """ "Alice, Bob" -> ("Alice", "Bob"); blanks dropped, order kept, duplicates removed."""
+    names: list[str] = []
+    for part in text.replace(";", ",").replace("\n", ",").split(","):
+        name = part.strip()
+        if name and name not in names:
+            names.append(name)
+    return tuple(names)
+
+
+@dataclass
+class StoryPlan:
+    layout: StoryLayout
+    characters: tuple[Character, ...]
+    shots: tuple[Shot, ...]
+    ref_images: list[torch.Tensor]
+    ref_masks: list[torch.Tensor | None]
+    shot_images: list[torch.Tensor | None]
+    prompts: list[str]           # one text segment each: S shot prompts, then reference captions
+    frame_segments: list[int]    # per latent frame: its segment, or NO_TEXT
+    shot_characters: list[tuple[int, ...]]  # per shot: indices into characters
+    mode: Mode
+
+
+def plan_story(characters: Sequence[Character], shots: Sequence[Shot], width: int, height: int,
+               repeat: int = 4, mode: Mode | str = Mode.REFERENCE_TO_SHOT,
+               keyframes: torch.Tensor | None = None, lock_shots: Sequence[int] = (),
+               fit: str = "pad_white", max_latent_frames: int = DEFAULT_MAX_LATENT_FRAMES) -> StoryPlan:
+    """Check the story and decide its layout.
+
+    Args:
+        characters: the character references, in order (their order is the reference order).
+        shots: the shots, in story order.
+        width, height: storyboard size (multiples of 16).
+        repeat: T, pixel frames per shot (multiple of 4).
+        mode: see dreamshot.modes.
+        keyframes: optional [N, H, W, 3] images of an earlier storyboard, for lock_shots.
+        lock_shots: 0-based shots kept from ``keyframes`` (overrides a shot's own image).
+        fit: how images of another size are fitted (pad_white, crop, stretch, error).
+        max_latent_frames: refuse longer packs.
+    """
+    mode = Mode.parse(mode)
+    check_resolution(width, height)
+    if not shots:
+        raise DreamShotInputError("shots", "no shots were given.", "connect at least one Shot Script.")
+    characters = tuple(characters)
+    shots = tuple(shots)
+    names = [c.name for c in characters]
+    for c in characters:
+        if not c.name.strip():
+            raise DreamShotInputError("characters", "a character has an empty name.",
+                                      "give every Character Reference a name.")
+        if names.count(c.name) > 1:
+            raise DreamShotInputError("characters", f"two characters are named {c.name!r}.",
+                                      "give each Character Reference a unique name.")
+    shot_characters = []
+    for j, shot in enumerate(shots):
+        unknown = [n for n in shot.characters if n not in names]
+        if unknown:
+            known = ", ".join(names) if names else "none connected"
+            raise DreamShotInputError(
+                "shots", f"shot {j + 1} names unknown character(s) {', '.join(map(repr, unknown))} "
+                f"(known: {known}).",
+                "fix the name in the Shot Script, or connect a Character Reference with that name.")
+        shot_characters.append(tuple(names.index(n) for n in shot.characters))
+
+    given: list[torch.Tensor | None] = [s.image for s in shots]
+    if lock_shots:
+        if keyframes is None:
+            raise DreamShotInputError("lock_shots", "shots are locked but no keyframes are connected.",
+                                      "connect the earlier storyboard's IMAGE to 'keyframes'.")
+        if keyframes.shape[0] < len(shots):
+            raise DreamShotInputError(
+                "keyframes", f"{keyframes.shape[0]} keyframe(s) for {len(shots)} shots.",
+                "connect one keyframe per shot (the IMAGE output of DreamShot Sampler).")
+        for j in lock_shots:
+            given[j] = keyframes[j]
+    shot_images = [None if img is None else fit_image(img, width, height, fit, "shots")
+                   for img in given]
+
+    ref_images, ref_masks, ref_characters = [], [], []
+    if mode.uses_references:
+        for ci, c in enumerate(characters):
+            if c.images.ndim != 4 or c.images.shape[0] < 1:
+                raise DreamShotInputError("characters", f"character {c.name!r} has no image.",
+                                          "connect an IMAGE to its Character Reference.")
+            for n in range(c.images.shape[0]):
+                ref_images.append(fit_image(c.images[n], width, height, fit, "characters"))
+                mask = None if c.masks is None else fit_mask(c.masks[min(n, c.masks.shape[0] - 1)],
+                                                             width, height, fit)
+                ref_masks.append(mask)
+                ref_characters.append(ci)
+
+    clean = resolve_clean_shots(mode, len(ref_images), [img is not None for img in shot_images])
+    # Images given for shots that are generated anyway are not needed.
+    shot_images = [img if keep else None for img, keep in zip(shot_images, clean)]
+    layout = StoryLayout(num_refs=len(ref_images), num_shots=len(shots), width=width, height=height,
+                         repeat=repeat, ref_characters=tuple(ref_characters), clean_shots=clean)
+    layout.check_frame_budget(max_latent_frames)
+
+    prompts = [s.prompt for s in shots]
+    caption_segment: dict[int, int] = {}
+    for ci in dict.fromkeys(ref_characters):
+        if characters[ci].description.strip():
+            caption_segment[ci] = len(prompts)
+            prompts.append(characters[ci].description)
+    frame_segments = []
+    for f in range(layout.num_latent_frames):
+        kind, index = layout.frame_owner(f)
+        if kind == "ref":
+            frame_segments.append(caption_segment.get(ref_characters[index], NO_TEXT))
+        else:
+            frame_segments.append(index)
+    return StoryPlan(layout=layout, characters=characters, shots=shots, ref_images=ref_images,
+                     ref_masks=ref_masks, shot_images=shot_images, prompts=prompts,
+                     frame_segments=frame_segments, shot_characters=shot_characters, mode=mode)
+
+
+@dataclass
+class StorySequence:
+    """A packed story ready to sample: what flows between ShotSequencePack and DreamShotSampler."""
+
+    plan: StoryPlan
+    latent: torch.Tensor          # [1, C, F, h, w], clean frames filled, others placeholders
+    positive: torch.Tensor        # [1, n_segments * L, C_text]
+    negative: torch.Tensor        # same shape: the negative prompt per shot, captions for refs
+    segment_length: int
+    vae: Any = field(default=None, repr=False)   # decodes the result; opaque here
+
+    @property
+    def layout(self) -> StoryLayout:
+        return self.plan.layout
+
+    @property
+    def num_segments(self) -> int:
+        return len(self.plan.prompts)
+
+    def denoise_mask(self) -> torch.Tensor:
+        """[1, 1, F, h, w]: 1 = generate, 0 = keep (latent resolution, so no interpolation)."""
+        lay = self.layout
+        values = torch.tensor(lay.denoise_mask_values(), dtype=torch.float32)
+        return values.view(1, 1, -1, 1, 1).expand(1, 1, lay.num_latent_frames,
+                                                  lay.latent_height, lay.latent_width).contiguous()
+
+
+def encode_story(plan: StoryPlan, vae: VideoVAE, encode_text: Callable[[str], torch.Tensor],
+                 negative_prompt: str = "") -> StorySequence:
+    """Run the VAE and the text encoder: the packed latent and the per-segment contexts.
+
+    ``encode_text(text) -> [1, L, C]``. Each distinct text is encoded once.
+    """
+    latent = pack_latent(vae, plan.layout, plan.ref_images, plan.shot_images)
+    cache: dict[str, torch.Tensor] = {}
+
+    def enc(text: str) -> torch.Tensor:
+        if text not in cache:
+            cache[text] = encode_text(text)
+        return cache[text]
+
+    n_shots = plan.layout.num_shots
+    positive_parts = [enc(p) for p in plan.prompts]
+    # Negative: the negative prompt in every shot segment; reference captions unchanged, so CFG
+    # pushes only on the shots' text.
+    negative_parts = [enc(negative_prompt)] * n_shots + positive_parts[n_shots:]
+    # Positive and negative share one segment length so ComfyUI batches them together.
+    seg_len = max(p.shape[1] for p in positive_parts + negative_parts)
+    if seg_len * len(positive_parts) == plan.layout.num_tokens:
+        seg_len += 1
+    pos = pad_segments(positive_parts, seg_len)
+    neg = pad_segments(negative_parts, seg_len)
+    return StorySequence(plan=plan, latent=latent, positive=pos, negative=neg, segment_length=seg_len, vae=vae)

@@ -1,0 +1,10 @@
+"""DreamShot's ComfyUI nodes (V3). Each node is thin: it converts ComfyUI types and calls dreamshot/."""
+
+from .loaders import LoadDreamShotModel, register_model_folder
+from .pack import ShotSequencePack
+from .sampler import DreamShotSampler
+from .story_nodes import CharacterReference, ShotScript
+
+NODES = [LoadDreamShotModel, CharacterReference, ShotScript, ShotSequencePack, DreamShotSampler]
+
+__all__ = ["NODES", "register_model_folder"]

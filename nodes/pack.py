@@ -1,0 +1,79 @@
+"""Shot Sequence Pack: encode references and shots into one latent with per-shot prompts."""
+
+import comfy.model_management
+from comfy_api.v0_0_2 import io
+
+from ..dreamshot.images import FIT_METHODS
+from ..dreamshot.layout import DEFAULT_MAX_LATENT_FRAMES
+from ..dreamshot.modes import Mode, parse_shot_list
+from ..dreamshot.story import encode_story, plan_story
+from .errors import reported_as
+from .types import CATEGORY, Characters, Sequence, Shots
+
+DEFAULT_NEGATIVE = ("blurry, low quality, worst quality, jpeg artifacts, deformed, disfigured, extra fingers, "
+                    "bad hands, bad face, watermark, text, subtitles")
+
+
+def clip_text_encoder(clip):
+    """ComfyUI CLIP -> (text -> [1, L, C]) as CLIPTextEncode computes it."""
+    def encode(text: str):
+        return clip.encode_from_tokens(clip.tokenize(text)).to(comfy.model_management.intermediate_device())
+    return encode
+
+
+class ShotSequencePack(io.ComfyNode):
+    DISPLAY = "Shot Sequence Pack"
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="DreamShotShotSequencePack",
+            display_name=cls.DISPLAY,
+            category=f"{CATEGORY}/conditioning",
+            description="Encodes each character reference alone as a leading latent frame, the shots (each "
+                        "repeated T times) as one video, and every shot prompt separately, for DreamShot Sampler.",
+            is_experimental=True,
+            inputs=[
+                io.Vae.Input("vae", tooltip="The Wan2.1 VAE."),
+                io.Clip.Input("clip", tooltip="The Wan text encoder (umt5-xxl), loaded with Load CLIP type wan."),
+                Shots.Input("shots", tooltip="The chained Shot Scripts, in story order."),
+                io.Int.Input("width", default=832, min=16, max=4096, step=16, tooltip="Shot width, multiple of 16."),
+                io.Int.Input("height", default=480, min=16, max=4096, step=16, tooltip="Shot height, multiple of 16."),
+                io.Combo.Input("mode", options=[m.value for m in Mode], default=Mode.REFERENCE_TO_SHOT.value,
+                               tooltip="reference_to_shot: characters clean, all shots generated. text_to_shot: no "
+                                       "references. shot_to_shot: the first shots are given, the rest generated. "
+                                       "edit: any given/locked shots are kept exactly, the rest regenerated."),
+                io.String.Input("negative_prompt", multiline=True, default=DEFAULT_NEGATIVE,
+                                tooltip="Negative prompt, applied to every shot."),
+                io.Int.Input("repeat", default=4, min=1, max=64, step=1,
+                             tooltip="T: pixel frames per shot before VAE encoding. 4 = one latent frame per shot "
+                                     "(the paper's setting); must be a multiple of 4."),
+                io.Combo.Input("fit", options=list(FIT_METHODS), default="pad_white",
+                               tooltip="How images of another size are fitted: pad_white keeps the aspect ratio "
+                                       "(as the official code does for references), crop, stretch, or error."),
+                io.Int.Input("max_latent_frames", default=DEFAULT_MAX_LATENT_FRAMES, min=1, max=512,
+                             tooltip="Refuse packs longer than this (references + shots x T/4). Wan2.1 was "
+                                     "trained on 21 latent frames (81 video frames)."),
+                Characters.Input("characters", optional=True,
+                                 tooltip="The chained Character References (not used in text_to_shot)."),
+                io.Image.Input("keyframes", optional=True,
+                               tooltip="An earlier storyboard (DreamShot Sampler's images), for lock_shots."),
+                io.String.Input("lock_shots", default="", optional=True,
+                                tooltip='Shots to keep from keyframes, e.g. "1, 2, 4-6" (edit mode).'),
+            ],
+            outputs=[Sequence.Output(display_name="sequence")],
+        )
+
+    @classmethod
+    def execute(cls, vae, clip, shots, width, height, mode, negative_prompt, repeat, fit, max_latent_frames,
+                characters=None, keyframes=None, lock_shots="") -> io.NodeOutput:
+        with reported_as(cls.DISPLAY):
+            if clip is None:
+                from ..dreamshot.errors import DreamShotInputError
+                raise DreamShotInputError("clip", "no text encoder (the checkpoint has none).",
+                                          "load umt5-xxl with Load CLIP (type wan).")
+            lock = parse_shot_list(lock_shots or "", len(shots or ()))
+            plan = plan_story(characters or (), shots or (), width, height, repeat=repeat, mode=mode,
+                              keyframes=keyframes, lock_shots=lock, fit=fit, max_latent_frames=max_latent_frames)
+            sequence = encode_story(plan, vae, clip_text_encoder(clip), negative_prompt)
+            return io.NodeOutput(sequence)

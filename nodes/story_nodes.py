@@ -1,0 +1,98 @@
+"""Character Reference and Shot Script: the story's cast and its shots, chained into lists."""
+
+from comfy_api.v0_0_2 import io
+
+from ..dreamshot.errors import DreamShotInputError
+from ..dreamshot.story import Character, Shot, parse_character_names
+from .errors import reported_as
+from .types import CATEGORY, Characters, Shots
+
+
+class CharacterReference(io.ComfyNode):
+    DISPLAY = "Character Reference"
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="DreamShotCharacterReference",
+            display_name=cls.DISPLAY,
+            category=f"{CATEGORY}/conditioning",
+            description="One character: reference image(s), a name that shots refer to, and an optional "
+                        "mask and description. Chain several to build the cast.",
+            is_experimental=True,
+            inputs=[
+                io.Image.Input("image", tooltip="Reference image of the character; a batch gives several "
+                                                "references of the same character."),
+                io.String.Input("name", default="Character 1",
+                                tooltip="Unique name; list it in a Shot Script's characters to put the character "
+                                        "in that shot."),
+                io.String.Input("description", default="", multiline=True,
+                                tooltip="Optional caption of the reference (what the reference frame's tokens read "
+                                        "in cross-attention). Empty: the reference reads no text."),
+                io.Mask.Input("mask", optional=True,
+                              tooltip="Optional mask of the character in the reference (1 = character), used by "
+                                      "role attention. Without it the whole reference counts."),
+                Characters.Input("characters", optional=True,
+                                 tooltip="Characters defined before this one (chain Character References)."),
+            ],
+            outputs=[Characters.Output(display_name="characters")],
+        )
+
+    @classmethod
+    def execute(cls, image, name, description="", mask=None, characters=None) -> io.NodeOutput:
+        with reported_as(cls.DISPLAY):
+            name = name.strip()
+            if not name:
+                raise DreamShotInputError("name", "the name is empty.", "give the character a name.")
+            if image.ndim != 4 or image.shape[0] < 1:
+                raise DreamShotInputError("image", f"expected an IMAGE batch, got shape {tuple(image.shape)}.",
+                                          "connect a Load Image node.")
+            if mask is not None:
+                if mask.ndim == 2:
+                    mask = mask.unsqueeze(0)
+                if tuple(mask.shape[-2:]) != tuple(image.shape[1:3]):
+                    raise DreamShotInputError(
+                        "mask", f"mask is {mask.shape[-1]}x{mask.shape[-2]} but the image is "
+                        f"{image.shape[2]}x{image.shape[1]}.", "use the mask that belongs to this image.")
+            previous = tuple(characters or ())
+            if any(c.name == name for c in previous):
+                raise DreamShotInputError("name", f"a character named {name!r} is already in the chain.",
+                                          "give each character a unique name.")
+            new = Character(name=name, images=image[..., :3], masks=mask, description=description.strip())
+            return io.NodeOutput(previous + (new,))
+
+
+class ShotScript(io.ComfyNode):
+    DISPLAY = "Shot Script"
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="DreamShotShotScript",
+            display_name=cls.DISPLAY,
+            category=f"{CATEGORY}/conditioning",
+            description="One storyboard shot: its prompt, the characters in it, and optionally a fixed image "
+                        "(kept as it is in shot_to_shot and edit modes). Chain several in story order.",
+            is_experimental=True,
+            inputs=[
+                io.String.Input("prompt", multiline=True, default="",
+                                tooltip="What happens in this shot. Only this shot's frames read this prompt."),
+                io.String.Input("characters", default="",
+                                tooltip="Names of the characters in this shot, comma separated (as given to "
+                                        "Character Reference)."),
+                io.Image.Input("image", optional=True,
+                               tooltip="Optional fixed image for this shot (shot_to_shot / edit modes keep it)."),
+                Shots.Input("shots", optional=True, tooltip="The shots before this one (chain Shot Scripts)."),
+            ],
+            outputs=[Shots.Output(display_name="shots")],
+        )
+
+    @classmethod
+    def execute(cls, prompt, characters="", image=None, shots=None) -> io.NodeOutput:
+        with reported_as(cls.DISPLAY):
+            if image is not None and image.shape[0] != 1:
+                raise DreamShotInputError("image", f"got a batch of {image.shape[0]} images for one shot.",
+                                          "pick one image (Image From Batch), one per Shot Script.")
+            shot = Shot(prompt=prompt, characters=parse_character_names(characters),
+                        image=None if image is None else image[0, ..., :3])
+            return io.NodeOutput(tuple(shots or ()) + (shot,))

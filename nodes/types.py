@@ -1,0 +1,9 @@
+"""DreamShot's socket types, declared once."""
+
+from comfy_api.v0_0_2 import io
+
+Characters = io.Custom("DREAMSHOT_CHARACTERS")   # tuple[dreamshot.story.Character, ...]
+Shots = io.Custom("DREAMSHOT_SHOTS")             # tuple[dreamshot.story.Shot, ...]
+Sequence = io.Custom("DREAMSHOT_SEQUENCE")       # dreamshot.story.StorySequence
+
+CATEGORY = "DreamShot"
