@@ -13,8 +13,8 @@ without a mask counts whole as its character. A shot region applies to every lat
 its shot. Hard membership (inference, auto regions) is weight >= ``threshold`` (0.5); the loss
 keeps the soft weights.
 
-RACL (role-aware contrastive loss)
-----------------------------------
+RACL (Role-Attention Consistency Loss)
+---------------------------------------
 For one self-attention layer with per-head queries/keys, let R = union over characters c of the
 reference-character tokens r_c (all their reference frames), with soft weights w_j. For a shot
 token i in the region s_c of character c, attention is normalised over R only, which asks

@@ -37,8 +37,30 @@ class Shot:
     prompt: str
     characters: tuple[str, ...] = ()
     image: torch.Tensor | None = None
-    # Per-character regions in this shot, name -> [H, W] mask in 0..1 (used by role attention).
-    regions: tuple[tuple[str, torch.Tensor], ...] = ()
+    # Per-character regions in this shot: (name, [H, W] mask in 0..1 or an (x0, y0, x1, y1) box),
+    # the regional layout used by role attention.
+    regions: tuple[tuple[str, object], ...] = ()
+
+
+def parse_boxes(text: str, input_name: str = "character_boxes") -> tuple[tuple[str, tuple[float, ...]], ...]:
+    """ "Mira: 0.05, 0.1, 0.45, 1; Theo: 0.5, 0.1, 0.95, 1" -> ((name, box), ...).
+
+    Boxes are x0, y0, x1, y1, as fractions of the shot (all <= 1) or in pixels.
+    """
+    out = []
+    for part in (p.strip() for p in text.replace("\n", ";").split(";")):
+        if not part:
+            continue
+        name, sep, coords = part.partition(":")
+        try:
+            box = tuple(float(x) for x in coords.split(","))
+        except ValueError:
+            box = ()
+        if not sep or not name.strip() or len(box) != 4 or box[2] <= box[0] or box[3] <= box[1]:
+            raise DreamShotInputError(input_name, f"cannot read the box {part!r}.",
+                                      'write "Name: x0, y0, x1, y1" with x1 > x0 and y1 > y0, boxes separated by ";".')
+        out.append((name.strip(), box))
+    return tuple(out)
 
 
 def parse_character_names(text: str) -> tuple[str, ...]:
@@ -63,6 +85,7 @@ class StoryPlan:
     frame_segments: list[int]    # per latent frame: its segment, or NO_TEXT
     shot_characters: list[tuple[int, ...]]  # per shot: indices into characters
     mode: Mode
+    shot_regions: list[dict[int, object]] = field(default_factory=list)  # per shot: character -> mask/box
 
 
 def plan_story(characters: Sequence[Character], shots: Sequence[Shot], width: int, height: int,
@@ -106,6 +129,7 @@ def plan_story(characters: Sequence[Character], shots: Sequence[Shot], width: in
                 f"(known: {known}).",
                 "fix the name in the Shot Script, or connect a Character Reference with that name.")
         shot_characters.append(tuple(names.index(n) for n in shot.characters))
+    shot_regions = [_shot_regions(j, shot, names, width, height) for j, shot in enumerate(shots)]
 
     given: list[torch.Tensor | None] = [s.image for s in shots]
     if lock_shots:
@@ -156,7 +180,21 @@ def plan_story(characters: Sequence[Character], shots: Sequence[Shot], width: in
             frame_segments.append(index)
     return StoryPlan(layout=layout, characters=characters, shots=shots, ref_images=ref_images,
                      ref_masks=ref_masks, shot_images=shot_images, prompts=prompts,
-                     frame_segments=frame_segments, shot_characters=shot_characters, mode=mode)
+                     frame_segments=frame_segments, shot_characters=shot_characters, mode=mode,
+                     shot_regions=shot_regions if mode.uses_references else [{} for _ in shots])
+
+
+def _shot_regions(j: int, shot: Shot, names: list[str], width: int, height: int) -> dict[int, object]:
+    regions: dict[int, object] = {}
+    for name, spec in shot.regions:
+        if name not in shot.characters:
+            raise DreamShotInputError(
+                "character_boxes", f"shot {j + 1} gives a region for {name!r}, who is not listed in its characters.",
+                f"add {name!r} to the shot's characters, or remove the region.")
+        if isinstance(spec, torch.Tensor):
+            spec = fit_mask(spec, width, height, "stretch")
+        regions[names.index(name)] = spec
+    return regions
 
 
 @dataclass

@@ -2,9 +2,10 @@
 
 from .loaders import LoadDreamShotModel, register_model_folder
 from .pack import ShotSequencePack
+from .racl import RACLAttentionPatch
 from .sampler import DreamShotSampler
 from .story_nodes import CharacterReference, ShotScript
 
-NODES = [LoadDreamShotModel, CharacterReference, ShotScript, ShotSequencePack, DreamShotSampler]
+NODES = [LoadDreamShotModel, CharacterReference, ShotScript, ShotSequencePack, DreamShotSampler, RACLAttentionPatch]
 
 __all__ = ["NODES", "register_model_folder"]

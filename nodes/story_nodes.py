@@ -3,7 +3,7 @@
 from comfy_api.v0_0_2 import io
 
 from ..dreamshot.errors import DreamShotInputError
-from ..dreamshot.story import Character, Shot, parse_character_names
+from ..dreamshot.story import Character, Shot, parse_boxes, parse_character_names
 from .errors import reported_as
 from .types import CATEGORY, Characters, Shots
 
@@ -83,16 +83,32 @@ class ShotScript(io.ComfyNode):
                 io.Image.Input("image", optional=True,
                                tooltip="Optional fixed image for this shot (shot_to_shot / edit modes keep it)."),
                 Shots.Input("shots", optional=True, tooltip="The shots before this one (chain Shot Scripts)."),
+                io.Mask.Input("character_masks", optional=True,
+                              tooltip="Optional regional layout: one mask per listed character, in the order of "
+                                      "'characters' (a batch). Used by the RACL Attention Patch."),
+                io.String.Input("character_boxes", default="", optional=True,
+                                tooltip='Optional regional layout as boxes: "Mira: 0.05, 0.1, 0.45, 1; Theo: 0.5, '
+                                        '0.1, 0.95, 1" (x0, y0, x1, y1 as fractions of the shot, or pixels).'),
             ],
             outputs=[Shots.Output(display_name="shots")],
         )
 
     @classmethod
-    def execute(cls, prompt, characters="", image=None, shots=None) -> io.NodeOutput:
+    def execute(cls, prompt, characters="", image=None, shots=None, character_masks=None,
+                character_boxes="") -> io.NodeOutput:
         with reported_as(cls.DISPLAY):
             if image is not None and image.shape[0] != 1:
                 raise DreamShotInputError("image", f"got a batch of {image.shape[0]} images for one shot.",
                                           "pick one image (Image From Batch), one per Shot Script.")
-            shot = Shot(prompt=prompt, characters=parse_character_names(characters),
-                        image=None if image is None else image[0, ..., :3])
+            names = parse_character_names(characters)
+            regions = list(parse_boxes(character_boxes or ""))
+            if character_masks is not None:
+                masks = character_masks if character_masks.ndim == 3 else character_masks.unsqueeze(0)
+                if masks.shape[0] != len(names):
+                    raise DreamShotInputError(
+                        "character_masks", f"{masks.shape[0]} mask(s) for {len(names)} listed character(s).",
+                        "give one mask per name in 'characters', in the same order.")
+                regions += list(zip(names, masks))
+            shot = Shot(prompt=prompt, characters=names, image=None if image is None else image[0, ..., :3],
+                        regions=tuple(regions))
             return io.NodeOutput(tuple(shots or ()) + (shot,))

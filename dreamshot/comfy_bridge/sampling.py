@@ -26,9 +26,13 @@ def sample_story(model, sequence, seed: int, steps: int, cfg: float, sampler_nam
     mask = sequence.denoise_mask()
     positive = [[sequence.positive, {}]]
     negative = [[sequence.negative, {}]]
-    # prepare_callback = ComfyUI's progress bar (+ previews); in the server every update also
-    # checks the Cancel flag.
-    callback = latent_preview.prepare_callback(m, steps)
+    # ComfyUI's progress bar (+ previews). The server's progress hook checks Cancel on every
+    # update; checking here too makes Cancel work wherever the story is sampled.
+    progress = latent_preview.prepare_callback(m, steps)
+
+    def callback(step, x0, x, total_steps):
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        progress(step, x0, x, total_steps)
     out = comfy.sample.sample(
         m, noise, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
         denoise=denoise, noise_mask=mask, callback=callback,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import comfy.conds
 import comfy.model_base
 
+from . import role_patch
 from ..attention import per_shot_cross_attention
 from ..clean_frames import per_frame_timestep
 
@@ -115,4 +116,7 @@ def patch_for_story(model, sequence):
     previous = to.get("optimized_attention_override")
     to["optimized_attention_override"] = _attention_override(previous)
     to[STORY_KEY] = story_options(sequence)
+    role_config = to.get(role_patch.CONFIG_KEY)
+    if role_config is not None:
+        role_patch.install(m, sequence, role_config, SELF_ATTENTION_HOOKS_KEY)
     return m
