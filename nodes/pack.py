@@ -1,8 +1,11 @@
 """Shot Sequence Pack: encode references and shots into one latent with per-shot prompts."""
 
+import re
+
 import comfy.model_management
 from comfy_api.v0_0_2 import io
 
+from ..dreamshot.errors import DreamShotInputError
 from ..dreamshot.images import FIT_METHODS
 from ..dreamshot.layout import DEFAULT_MAX_LATENT_FRAMES
 from ..dreamshot.modes import Mode, parse_shot_list
@@ -19,6 +22,24 @@ def clip_text_encoder(clip):
     def encode(text: str):
         return clip.encode_from_tokens(clip.tokenize(text)).to(comfy.model_management.intermediate_device())
     return encode
+
+
+NUMBERED_SOCKET = re.compile(r"^(shots|characters)_(\d+)$")
+
+
+def join_numbered(base: str, first, extra: dict) -> tuple:
+    """``first`` + the chains on sockets base_2, base_3, ... in number order (None skipped)."""
+    numbered = []
+    for key, value in extra.items():
+        match = NUMBERED_SOCKET.match(key)
+        if match is None:
+            raise DreamShotInputError(key, "is not an input of this node.", "reload the workflow or remove the link.")
+        if match.group(1) == base and value is not None:
+            numbered.append((int(match.group(2)), value))
+    joined = tuple(first or ())
+    for _, chain in sorted(numbered, key=lambda kv: kv[0]):
+        joined += tuple(chain)
+    return joined
 
 
 class ShotSequencePack(io.ComfyNode):
@@ -66,10 +87,13 @@ class ShotSequencePack(io.ComfyNode):
 
     @classmethod
     def execute(cls, vae, clip, shots, width, height, mode, negative_prompt, repeat, fit, max_latent_frames,
-                characters=None, keyframes=None, lock_shots="") -> io.NodeOutput:
+                characters=None, keyframes=None, lock_shots="", **extra) -> io.NodeOutput:
         with reported_as(cls.DISPLAY):
+            # The frontend extension adds sockets shots_2, shots_3, ... / characters_2, ... as they
+            # are connected; each carries a chain, joined in socket order.
+            shots = join_numbered("shots", shots, extra)
+            characters = join_numbered("characters", characters, extra)
             if clip is None:
-                from ..dreamshot.errors import DreamShotInputError
                 raise DreamShotInputError("clip", "no text encoder (the checkpoint has none).",
                                           "load umt5-xxl with Load CLIP (type wan).")
             lock = parse_shot_list(lock_shots or "", len(shots or ()))
