@@ -4,8 +4,10 @@ from .loaders import LoadDreamShotModel, register_model_folder
 from .pack import ShotSequencePack
 from .racl import RACLAttentionPatch
 from .sampler import DreamShotSampler
+from .sheet import StoryboardSheet
 from .story_nodes import CharacterReference, ShotScript
 
-NODES = [LoadDreamShotModel, CharacterReference, ShotScript, ShotSequencePack, DreamShotSampler, RACLAttentionPatch]
+NODES = [LoadDreamShotModel, CharacterReference, ShotScript, ShotSequencePack, DreamShotSampler, RACLAttentionPatch,
+         StoryboardSheet]
 
 __all__ = ["NODES", "register_model_folder"]

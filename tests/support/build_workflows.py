@@ -1,0 +1,176 @@
+"""The bundled workflows, described once and written as ComfyUI UI-format JSON.
+
+Run `python tests/support/build_workflows.py` (with ComfyUI findable, see tests/support/comfy_host.py)
+after any node signature change: widget order is read from the live node definitions. A test
+checks that workflows/ matches what this file builds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from support.workflow_builder import Graph  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+WORKFLOWS = REPO / "workflows"
+
+WAN_REPO = "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files"
+DIT = "wan2.1_t2v_1.3B_fp16.safetensors"
+TEXT_ENCODER = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
+VAE = "wan_2.1_vae.safetensors"
+CHARACTER_A = "dreamshot_character_a.png"
+CHARACTER_B = "dreamshot_character_b.png"
+FIRST_SHOT = "dreamshot_first_shot.png"
+INPUT_IMAGES = (CHARACTER_A, CHARACTER_B, FIRST_SHOT)
+
+
+def _model_meta(name, folder):
+    return {"models": [{"name": name, "url": f"{WAN_REPO}/{folder}/{name}", "directory": folder}]}
+
+
+def _loaders(g: Graph):
+    unet = g.add("UNETLoader", {"unet_name": DIT, "weight_dtype": "default"}, pos=(0, 0),
+                 properties=_model_meta(DIT, "diffusion_models"))
+    model = g.add("LoadDreamShotModel", {"lora_name": "None", "strength": 1.0}, pos=(360, 0), model=unet)
+    clip = g.add("CLIPLoader", {"clip_name": TEXT_ENCODER, "type": "wan", "device": "default"}, pos=(0, 200),
+                 properties=_model_meta(TEXT_ENCODER, "text_encoders"))
+    vae = g.add("VAELoader", {"vae_name": VAE}, pos=(0, 360), properties=_model_meta(VAE, "vae"))
+    return model, clip, vae
+
+
+def _cast(g: Graph):
+    img_a = g.add("LoadImage", {"image": CHARACTER_A}, pos=(0, 520))
+    alice = g.add("DreamShotCharacterReference",
+                  {"name": "Mira", "description": "a young woman with short red hair and a green raincoat"},
+                  pos=(360, 520), image=img_a)
+    img_b = g.add("LoadImage", {"image": CHARACTER_B}, pos=(0, 880))
+    return g.add("DreamShotCharacterReference",
+                 {"name": "Theo", "description": "an old man with a grey beard and a brown hat"},
+                 pos=(360, 880), image=img_b, characters=alice)
+
+
+STORY = [
+    ("Mira waits at a rainy bus stop at night, neon reflections on the wet street, wide shot", "Mira"),
+    ("Theo walks up under a black umbrella and offers to share it, medium shot", "Theo, Mira"),
+    ("close-up of Mira smiling, rain drops on her raincoat", "Mira"),
+    ("Mira and Theo walk away together down the glowing street, seen from behind", "Mira, Theo"),
+]
+
+
+def _shots(g: Graph, first_image=None):
+    prev = None
+    for j, (prompt, names) in enumerate(STORY):
+        links = {"shots": prev} if prev is not None else {}
+        if j == 0 and first_image is not None:
+            links["image"] = first_image
+        prev = g.add("DreamShotShotScript", {"prompt": prompt, "characters": names}, pos=(720, 120 + 260 * j), **links)
+    return prev
+
+
+def _pack(g, vae, clip, shots, mode, characters=None, **extra):
+    links = {"characters": characters} if characters is not None else {}
+    return g.add("DreamShotShotSequencePack", {"width": 832, "height": 480, "mode": mode, **extra}, pos=(1080, 200),
+                 vae=vae, clip=clip, shots=shots, **links)
+
+
+def _sample_and_save(g, model, seq, prefix, seed=42, pos=(1440, 200), sheet_title=None):
+    sampler = g.add("DreamShotSampler", {"seed": seed, "steps": 30, "cfg": 5.0, "sampler_name": "euler",
+                                         "scheduler": "simple"}, pos=pos, size=(340, 420), model=model, sequence=seq)
+    if sheet_title is None:
+        g.add("SaveImage", {"filename_prefix": f"DreamShot/{prefix}"}, pos=(pos[0] + 380, pos[1]), images=sampler)
+    else:
+        g.add("DreamShotStoryboardSheet", {"title": sheet_title, "filename_prefix": f"DreamShot/{prefix}"},
+              pos=(pos[0] + 380, pos[1]), size=(420, 480), keyframes=sampler, sequence=seq)
+    return sampler
+
+
+def reference_to_shot() -> Graph:
+    g = Graph()
+    model, clip, vae = _loaders(g)
+    seq = _pack(g, vae, clip, _shots(g), "reference_to_shot", characters=_cast(g))
+    _sample_and_save(g, model, seq, "reference_to_shot", sheet_title="The umbrella")
+    return g
+
+
+def two_characters_racl() -> Graph:
+    """R2S with the RACL Attention Patch and boxes: Mira on the left, Theo on the right."""
+    g = Graph()
+    model, clip, vae = _loaders(g)
+    model = g.add("DreamShotRACLAttentionPatch", {"strength": 1.0, "start_percent": 0.0, "end_percent": 0.6},
+                  pos=(360, 200), model=model)
+    prev = None
+    for j, (prompt, names) in enumerate(STORY):
+        links = {"shots": prev} if prev is not None else {}
+        boxes = "Mira: 0, 0, 0.5, 1; Theo: 0.5, 0, 1, 1" if "," in names else ""
+        prev = g.add("DreamShotShotScript", {"prompt": prompt, "characters": names, "character_boxes": boxes},
+                     pos=(720, 120 + 300 * j), **links)
+    seq = _pack(g, vae, clip, prev, "reference_to_shot", characters=_cast(g))
+    _sample_and_save(g, model, seq, "two_characters_racl", sheet_title="Two characters, no swaps")
+    return g
+
+
+def text_to_shot() -> Graph:
+    g = Graph()
+    model, clip, vae = _loaders(g)
+    seq = _pack(g, vae, clip, _shots(g), "text_to_shot")
+    _sample_and_save(g, model, seq, "text_to_shot")
+    return g
+
+
+def shot_to_shot() -> Graph:
+    g = Graph()
+    model, clip, vae = _loaders(g)
+    first = g.add("LoadImage", {"image": FIRST_SHOT}, pos=(360, 1240))
+    seq = _pack(g, vae, clip, _shots(g, first_image=first), "shot_to_shot", characters=_cast(g))
+    _sample_and_save(g, model, seq, "shot_to_shot")
+    return g
+
+
+def edit_one_shot() -> Graph:
+    """Make a storyboard, then regenerate shot 3 only (new seed); shots 1, 2, 4 stay identical."""
+    g = Graph()
+    model, clip, vae = _loaders(g)
+    cast, shots = _cast(g), _shots(g)
+    first = _sample_and_save(g, model, _pack(g, vae, clip, shots, "reference_to_shot", characters=cast),
+                             "edit_before")
+    seq2 = g.add("DreamShotShotSequencePack", {"width": 832, "height": 480, "mode": "edit", "lock_shots": "1, 2, 4"},
+                 pos=(1440, 560), vae=vae, clip=clip, shots=shots, characters=cast, keyframes=first)
+    _sample_and_save(g, model, seq2, "edit_after", seed=7, pos=(1880, 560), sheet_title="Shot 3 regenerated")
+    return g
+
+
+WORKFLOWS_BUILT = {
+    "dreamshot_reference_to_shot.json": reference_to_shot,
+    "dreamshot_text_to_shot.json": text_to_shot,
+    "dreamshot_shot_to_shot.json": shot_to_shot,
+    "dreamshot_edit_one_shot.json": edit_one_shot,
+    "dreamshot_two_characters_racl.json": two_characters_racl,
+}
+
+
+def build_all(object_info: dict) -> dict[str, dict]:
+    return {name: make().to_ui(object_info) for name, make in WORKFLOWS_BUILT.items()}
+
+
+def dump(workflow: dict) -> str:
+    return json.dumps(workflow, indent=2, ensure_ascii=False) + "\n"
+
+
+def main() -> None:
+    from support.comfy_host import in_process_object_info
+
+    WORKFLOWS.mkdir(exist_ok=True)
+    for name, wf in build_all(in_process_object_info()).items():
+        tmp = WORKFLOWS / (name + ".tmp")
+        tmp.write_text(dump(wf))
+        os.replace(tmp, WORKFLOWS / name)
+
+
+if __name__ == "__main__":
+    main()
