@@ -122,13 +122,14 @@ def plan_story(characters: Sequence[Character], shots: Sequence[Shot], width: in
     shot_characters = []
     for j, shot in enumerate(shots):
         unknown = [n for n in shot.characters if n not in names]
-        if unknown:
+        # text_to_shot with no cast: names are only words of the script, nothing to check them against
+        if unknown and (names or mode.uses_references):
             known = ", ".join(names) if names else "none connected"
             raise DreamShotInputError(
                 "shots", f"shot {j + 1} names unknown character(s) {', '.join(map(repr, unknown))} "
                 f"(known: {known}).",
                 "fix the name in the Shot Script, or connect a Character Reference with that name.")
-        shot_characters.append(tuple(names.index(n) for n in shot.characters))
+        shot_characters.append(tuple(names.index(n) for n in shot.characters if n in names))
     shot_regions = [_shot_regions(j, shot, names, width, height) for j, shot in enumerate(shots)]
 
     given: list[torch.Tensor | None] = [s.image for s in shots]

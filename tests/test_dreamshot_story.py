@@ -58,6 +58,13 @@ def test_plan_r2s_segments_and_layout():
     assert plan.shot_characters == [(0,), (1, 0), ()]
 
 
+def test_text_to_shot_without_cast_accepts_names_as_script_words():
+    plan = plan_story([], [Shot("a", ("Alice",))], 64, 64, mode="text_to_shot")
+    assert plan.shot_characters == [()]
+    with pytest.raises(DreamShotInputError, match="unknown character"):
+        plan_story(_chars("Alice"), [Shot("a", ("Alicia",))], 64, 64, mode="text_to_shot")
+
+
 def test_text_to_shot_uses_no_references():
     plan = plan_story(_chars("Alice"), [Shot("a", ("Alice",)), Shot("b")], 64, 64, mode="text_to_shot")
     assert plan.layout.num_refs == 0 and plan.frame_segments == [0, 1]
