@@ -62,7 +62,8 @@ def pack_nodes(comfy_headless):
 
 
 def _cache_dir() -> Path:
-    key = hashlib.sha1((TINY_MODELS_VERSION + (TESTS / "support" / "tiny_models.py").read_text()).encode())
+    sources = [TESTS / "support" / "tiny_models.py", REPO / "dreamshot" / "comfy_bridge" / "random_wan.py"]
+    key = hashlib.sha1((TINY_MODELS_VERSION + "".join(p.read_text() for p in sources)).encode())
     d = Path.home() / ".cache" / "dreamshot-tests" / key.hexdigest()[:12]
     d.mkdir(parents=True, exist_ok=True)
     return d

@@ -39,33 +39,15 @@ def _atomic_save(tensors: dict, path: Path, metadata: dict | None = None) -> Non
 
 
 def _fill(module: torch.nn.Module, seed: int, gain: float = 1.0) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            leaf = name.rsplit(".", 1)[-1]
-            if leaf in ("gamma",) or "norm" in name and p.ndim == 1:
-                p.fill_(1.0)
-            elif leaf == "bias" or p.ndim == 1:
-                p.zero_()
-            elif p.ndim >= 2:
-                fan_in = p[0].numel()
-                p.copy_(torch.randn(p.shape, generator=g) * gain / fan_in ** 0.5)
-            else:
-                p.fill_(1.0)
+    from dreamshot.comfy_bridge.random_wan import fill_random
+
+    fill_random(module, seed, gain)
 
 
 def tiny_wan_dit_state_dict(dim=256, ffn_dim=512, num_layers=2, seed=0) -> dict:
-    import comfy.ldm.wan.model as wan
-    import comfy.ops
+    from dreamshot.comfy_bridge.random_wan import random_wan_dit
 
-    model = wan.WanModel(model_type="t2v", dim=dim, ffn_dim=ffn_dim, num_heads=dim // 128, num_layers=num_layers,
-                         text_dim=4096, in_dim=16, out_dim=16, operations=comfy.ops.disable_weight_init)
-    _fill(model, seed)
-    with torch.no_grad():  # modulation tables: small, so blocks start near identity-ish but not zero
-        for name, p in model.named_parameters():
-            if name.endswith("modulation"):
-                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(seed + 1)) * 0.1)
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return {k: v.detach().clone() for k, v in random_wan_dit(dim, ffn_dim, num_layers, seed).state_dict().items()}
 
 
 def write_tiny_wan_dit(path, dim=256, ffn_dim=512, num_layers=2, seed=0) -> Path:

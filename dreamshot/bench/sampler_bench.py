@@ -1,0 +1,80 @@
+"""DreamShot Sampler against ComfyUI's stock sampling, and keyframes against dense video, on one
+random Wan2.1-format DiT loaded through ComfyUI (tiny on CPU; 1.3B-size with --size on a GPU)."""
+
+from __future__ import annotations
+
+import torch
+
+from ..layout import StoryLayout
+from ..story import Character, Shot, StorySequence, plan_story
+from .measure import measure
+
+TEXT_LEN = 512
+DENSE_CLIP_FRAMES = 81  # Wan2.1's clip length: 21 latent frames
+
+
+def _context(n_prompts: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(1, n_prompts * TEXT_LEN, 4096, generator=g) * 0.1
+
+
+def _sequence(shots: int, refs: int, width: int, height: int) -> StorySequence:
+    chars = [Character(f"c{i}", torch.rand(1, height, width, 3)) for i in range(refs)]
+    plan = plan_story(chars, [Shot(f"shot {j}") for j in range(shots)], width, height,
+                      mode="reference_to_shot" if refs else "text_to_shot")
+    lay = plan.layout
+    latent = torch.randn(1, 16, lay.num_latent_frames, lay.latent_height, lay.latent_width,
+                         generator=torch.Generator().manual_seed(1))
+    n = len(plan.prompts)
+    return StorySequence(plan=plan, latent=latent, positive=_context(n, 2), negative=_context(n, 3),
+                         segment_length=TEXT_LEN)
+
+
+def bench_sampler(model, shots: int, refs: int, width: int, height: int, steps: int, device, repeats=2) -> dict:
+    import comfy.sample
+
+    from ..comfy_bridge.sampling import sample_story
+
+    seq = _sequence(shots, refs, width, height)
+    latent = seq.latent
+    stock_pos, stock_neg = [[_context(1, 2), {}]], [[_context(1, 3), {}]]
+    noise = comfy.sample.prepare_noise(latent, 0)
+
+    def stock():
+        comfy.sample.sample(model, noise, steps, 5.0, "euler", "simple", stock_pos, stock_neg, latent,
+                            disable_pbar=True, seed=0)
+
+    def dreamshot():
+        sample_story(model, seq, 0, steps, 5.0, "euler", "simple")
+
+    with torch.inference_mode():
+        s = measure(stock, device, repeats)
+        d = measure(dreamshot, device, repeats)
+    return {"shots": shots, "refs": refs, "latent_frames": latent.shape[2], "stock_s": s.seconds,
+            "dreamshot_s": d.seconds, "time_ratio": d.seconds / s.seconds, "mem_ratio": d.peak_bytes / s.peak_bytes}
+
+
+def bench_keyframes_vs_dense(model, shots: int, refs: int, width: int, height: int, steps: int, device,
+                             repeats=1) -> dict:
+    """One DreamShot pass (refs + one latent frame per shot) against the dense-video way: every shot
+    sampled as its own 81-frame clip (21 latent frames), keyframes taken afterwards."""
+    import comfy.sample
+
+    from ..comfy_bridge.sampling import sample_story
+
+    seq = _sequence(shots, refs, width, height)
+    lay = StoryLayout(0, 1, width, height)
+    dense_frames = (DENSE_CLIP_FRAMES - 1) // 4 + 1
+    clip = torch.randn(1, 16, dense_frames, lay.latent_height, lay.latent_width)
+    pos, neg = [[_context(1, 2), {}]], [[_context(1, 3), {}]]
+    noise = comfy.sample.prepare_noise(clip, 0)
+
+    def dense_one_clip():
+        comfy.sample.sample(model, noise, steps, 5.0, "euler", "simple", pos, neg, clip, disable_pbar=True, seed=0)
+
+    with torch.inference_mode():
+        d = measure(lambda: sample_story(model, seq, 0, steps, 5.0, "euler", "simple"), device, repeats)
+        one = measure(dense_one_clip, device, repeats)
+    dense_s = one.seconds * shots  # S independent clips
+    return {"shots": shots, "refs": refs, "dreamshot_s": d.seconds, "dense_s": dense_s,
+            "time_ratio": d.seconds / dense_s, "mem_ratio": d.peak_bytes / one.peak_bytes}
