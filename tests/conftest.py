@@ -1,32 +1,72 @@
-"""Shared fixtures: the pinned ComfyUI (found, or loudly skipped) and tiny Wan-format models."""
+"""Shared fixtures: the pinned ComfyUI (found, or loudly skipped) and tiny Wan-format models.
+
+There is deliberately no tests/__init__.py: test modules import the helpers as ``support.*`` (this
+file puts tests/ on sys.path) and the repo root's __init__.py (the ComfyUI entry point) is never
+imported as a package by pytest.
+
+Tests that need ComfyUI carry ``@pytest.mark.comfyui`` (tests using the ComfyUI fixtures below get
+it automatically). Without a ComfyUI checkout they are skipped and the run ends with a loud banner.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
+import os
+import shutil
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
-sys.path.insert(0, str(TESTS))  # `support` helpers
+if str(TESTS) not in sys.path:
+    sys.path.insert(0, str(TESTS))  # `support` helpers
 if str(REPO) not in sys.path:
     sys.path.append(str(REPO))  # `dreamshot` for unit tests (after ComfyUI's root, see comfy_host)
 
-from support.comfy_host import bootstrap_headless, comfy_commit, find_comfyui, load_pack_in_process  # noqa: E402
+from support.comfy_host import (  # noqa: E402
+    bootstrap_headless,
+    comfy_commit,
+    comfy_version,
+    find_comfyui,
+    load_pack_in_process,
+)
+
+log = logging.getLogger("DreamShot.tests")
 
 COMFY = find_comfyui()
 _SKIPPED: list[str] = []
+_NOTES: list[str] = []
 
-# Bump when tiny_models.py changes what it writes: cached files are keyed by it.
-TINY_MODELS_VERSION = "1"
+# Bump to force new tiny model files; the cache key also hashes the code that writes them.
+TINY_MODELS_VERSION = "2"
+TINY_MODEL_FILES = ("dit.safetensors", "vae.safetensors", "umt5.safetensors")
+_CACHE_SOURCES = (TESTS / "support" / "tiny_models.py",
+                  TESTS / "support" / "test_nodes_pack" / "tiny_umt5_config.json",
+                  REPO / "dreamshot" / "comfy_bridge" / "random_wan.py")
+# Fixtures that need ComfyUI: a test using one of them is a `comfyui` test.
+COMFY_FIXTURES = {"comfy_root", "comfy_headless", "pack_nodes", "tiny_models_dir", "tiny_wan_model", "tiny_vae",
+                  "tiny_clip"}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "comfyui: needs the pinned ComfyUI checkout (COMFYUI_PATH, the enclosing "
+                                       "ComfyUI, or ~/ComfyUI)")
+    config.addinivalue_line("markers", "slow: runs the real Wan VAE or the real ComfyUI server")
 
 
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "comfyui" not in item.keywords and COMFY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.comfyui)
     if COMFY is not None:
         return
-    skip = pytest.mark.skip(reason="ComfyUI not found (set COMFYUI_PATH, or install this pack in ComfyUI/custom_nodes)")
+    skip = pytest.mark.skip(reason="ComfyUI not found: set COMFYUI_PATH to a ComfyUI checkout "
+                                   "(or install this pack in ComfyUI/custom_nodes)")
     for item in items:
         if "comfyui" in item.keywords:
             item.add_marker(skip)
@@ -34,57 +74,111 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_terminal_summary(terminalreporter):
+    tr = terminalreporter
     if COMFY is None:
-        terminalreporter.write_line("")
-        terminalreporter.write_line(f"!!! ComfyUI NOT FOUND: {len(_SKIPPED)} ComfyUI integration tests were SKIPPED. "
-                                    "Set COMFYUI_PATH to a ComfyUI checkout (see shared COMFYUI.md) !!!", red=True,
-                                    bold=True)
-    else:
-        terminalreporter.write_line(f"ComfyUI used: {COMFY} @ {comfy_commit(COMFY)}")
+        tr.write_line("")
+        tr.write_line("!" * 100, red=True, bold=True)
+        tr.write_line(f"!!! ComfyUI NOT FOUND: {len(_SKIPPED)} ComfyUI tests SKIPPED — set COMFYUI_PATH to a "
+                      "ComfyUI checkout (see COMFYUI.md), or install this pack in ComfyUI/custom_nodes !!!",
+                      red=True, bold=True)
+        tr.write_line("!" * 100, red=True, bold=True)
+        return
+    tr.write_line(f"ComfyUI used: {COMFY} (version {comfy_version(COMFY)}, commit {comfy_commit(COMFY)})")
+    for note in _NOTES:
+        tr.write_line(note)
 
 
+# ---- ComfyUI ------------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
-def comfy_root():
+def comfy_root() -> Path:
+    """The ComfyUI checkout the tests run against (skips the test when there is none)."""
     if COMFY is None:
-        pytest.skip("ComfyUI not found")
+        pytest.skip("ComfyUI not found (set COMFYUI_PATH)")
     return COMFY
 
 
 @pytest.fixture(scope="session")
-def comfy_headless(comfy_root):
+def comfy_headless(comfy_root) -> Path:
+    """ComfyUI imported in this process, CPU only (see support.comfy_host.bootstrap_headless)."""
     return bootstrap_headless(comfy_root)
 
 
 @pytest.fixture(scope="session")
-def pack_nodes(comfy_headless):
+def pack_nodes(comfy_headless) -> dict:
     """{node_id: class} of this pack, loaded by ComfyUI's own custom-node loader."""
     return load_pack_in_process(comfy_headless)
 
 
-def _cache_dir() -> Path:
-    sources = [TESTS / "support" / "tiny_models.py", REPO / "dreamshot" / "comfy_bridge" / "random_wan.py"]
-    key = hashlib.sha1((TINY_MODELS_VERSION + "".join(p.read_text() for p in sources)).encode())
-    d = Path.home() / ".cache" / "dreamshot-tests" / key.hexdigest()[:12]
+# ---- tiny models, cached across runs ------------------------------------------------------------
+def tiny_models_cache_dir() -> Path:
+    """~/.cache/dreamshot-tests/v<TINY_MODELS_VERSION>-<hash of the writing code> ($DREAMSHOT_TEST_CACHE
+    replaces ~/.cache/dreamshot-tests). Older siblings unused for a week are pruned."""
+    root = Path(os.environ.get("DREAMSHOT_TEST_CACHE") or Path.home() / ".cache" / "dreamshot-tests")
+    digest = hashlib.sha1(TINY_MODELS_VERSION.encode())
+    for src in _CACHE_SOURCES:
+        digest.update(src.read_bytes() if src.exists() else b"-")
+    d = root / f"v{TINY_MODELS_VERSION}-{digest.hexdigest()[:12]}"
     d.mkdir(parents=True, exist_ok=True)
+    os.utime(d)
+    for old in root.iterdir():
+        if old != d and old.is_dir() and time.time() - old.stat().st_mtime > 7 * 86400:
+            shutil.rmtree(old, ignore_errors=True)
     return d
 
 
-@pytest.fixture(scope="session")
-def tiny_models_dir(comfy_headless):
-    """dit.safetensors, vae.safetensors (full-size random Wan VAE), umt5.safetensors; cached across runs."""
+@contextlib.contextmanager
+def _lock(path: Path):
+    """An exclusive lock file, so parallel pytest runs generate each model once."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: atomic writes are enough, a parallel run may just redo the work
+        yield
+        return
+    with open(path, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def ensure_tiny_models(cache: Path | None = None) -> Path:
+    """Generate whatever of dit/vae/umt5.safetensors the cache lacks (atomic writes); return the dir."""
     from support import tiny_models
 
-    d = _cache_dir()
+    cache = cache or tiny_models_cache_dir()
     makers = {"dit.safetensors": tiny_models.write_tiny_wan_dit, "vae.safetensors": tiny_models.write_random_wan_vae,
               "umt5.safetensors": tiny_models.write_tiny_umt5}
-    for name, make in makers.items():
-        if not (d / name).exists():
-            make(d / name)
+    with _lock(cache / ".lock"):
+        for name in TINY_MODEL_FILES:
+            if (cache / name).exists():
+                continue
+            t0 = time.perf_counter()
+            makers[name](cache / name)
+            note = f"tiny models: generated {name} in {time.perf_counter() - t0:.1f} s ({cache})"
+            log.info(note)
+            _NOTES.append(note)
+    return cache
+
+
+@pytest.fixture(scope="session")
+def tiny_models_dir(comfy_headless, tmp_path_factory) -> Path:
+    """A session temp dir with dit.safetensors (tiny Wan2.1 T2V DiT), vae.safetensors (full-size random
+    Wan2.1 VAE, bf16) and umt5.safetensors (tiny UMT5 + sentencepiece): symlinks into the cross-run cache
+    (made once, see tiny_models_cache_dir), so a test cannot damage the cached files."""
+    cache = ensure_tiny_models()
+    d = tmp_path_factory.mktemp("tiny_models")
+    for name in TINY_MODEL_FILES:
+        try:
+            (d / name).symlink_to(cache / name)
+        except OSError:
+            return cache  # no symlinks here (Windows): use the cache itself
     return d
 
 
 @pytest.fixture(scope="session")
 def tiny_wan_model(tiny_models_dir):
+    """ComfyUI MODEL (ModelPatcher, WAN21 T2V: dim 256, 2 heads, 2 layers) via comfy.sd.load_diffusion_model."""
     import comfy.sd
 
     return comfy.sd.load_diffusion_model(str(tiny_models_dir / "dit.safetensors"))
@@ -92,6 +186,7 @@ def tiny_wan_model(tiny_models_dir):
 
 @pytest.fixture(scope="session")
 def tiny_vae(tiny_models_dir):
+    """comfy.sd.VAE of the full-size random Wan2.1 VAE (z_dim 16, 4x time / 8x space compression)."""
     import comfy.sd
     import comfy.utils
 
@@ -100,6 +195,7 @@ def tiny_vae(tiny_models_dir):
 
 @pytest.fixture(scope="session")
 def tiny_clip(tiny_models_dir):
+    """comfy CLIP (CLIPType.WAN) of the tiny UMT5: encodes prompts to [1, 512, 4096] conditioning."""
     from support.tiny_models import load_tiny_umt5_clip
 
     return load_tiny_umt5_clip(tiny_models_dir / "umt5.safetensors")

@@ -22,8 +22,9 @@ def find_comfyui() -> Path | None:
     return None
 
 
-def import_comfy(cpu: bool | None = None) -> Path:
-    """Make ``import comfy`` work here; returns the ComfyUI root. ``cpu`` None: CPU only if no CUDA."""
+def import_comfy(cpu: bool | None = None, pytorch_attention: bool = False) -> Path:
+    """Make ``import comfy`` work here; returns the ComfyUI root. ``cpu`` None: CPU only if no CUDA;
+    ``pytorch_attention``: ComfyUI's --use-pytorch-cross-attention."""
     if "comfy.model_management" in sys.modules:
         return Path(sys.modules["comfy.model_management"].__file__).resolve().parents[1]
     root = find_comfyui()
@@ -43,6 +44,7 @@ def import_comfy(cpu: bool | None = None) -> Path:
     from comfy.cli_args import args
 
     args.cpu = (not torch.cuda.is_available()) if cpu is None else cpu
+    args.use_pytorch_cross_attention = pytorch_attention or args.use_pytorch_cross_attention
     import comfy.model_management  # noqa: F401  (after args)
     import utils.install_util  # noqa: F401  (pin ComfyUI's `utils` package, as main.py does)
 

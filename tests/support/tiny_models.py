@@ -5,22 +5,28 @@
 - VAE: Wan2.1's VAE cannot shrink in ComfyUI (dim 96 / z_dim 16 are fixed), so it is full size
   with random weights (~127M params, ~254 MB as bf16).
 - Text encoder: UMT5 with d_model 4096 and 24 layers (what ComfyUI's detection reads) but 1 head,
-  d_kv 16, d_ff 16, plus a tiny sentencepiece model trained here under the "spiece_model" key.
+  d_kv 16, d_ff 16, plus a tiny sentencepiece model trained here under the "spiece_model" key
+  (unigram, byte fallback, ~500 pieces; pad 0, eos 1, unk 2 as in UMT5). ComfyUI's stock CLIPLoader
+  cannot build it: load it with load_tiny_umt5_clip() or, in the server, the test-only node
+  DreamShotTestTinyUMT5Loader (tests/support/test_nodes_pack).
 
-comfy layers skip weight initialisation, so every tensor is filled explicitly.
+comfy layers skip weight initialisation, so every tensor is filled explicitly. Every write is atomic
+(a temp file in the same folder, then os.replace).
 """
 
 from __future__ import annotations
 
 import io
+import json
 import os
+import random
 import tempfile
 from pathlib import Path
 
 import torch
 
-TINY_UMT5_CONFIG = {"d_model": 4096, "num_layers": 24, "num_heads": 1, "d_kv": 16, "d_ff": 16,
-                    "vocab_size": 384}
+# Shared with the test-only loader node that the server runs (tests/support/test_nodes_pack).
+TINY_UMT5_CONFIG = json.loads((Path(__file__).with_name("test_nodes_pack") / "tiny_umt5_config.json").read_text())
 
 
 def _atomic_save(tensors: dict, path: Path, metadata: dict | None = None) -> None:
@@ -65,19 +71,41 @@ def write_random_wan_vae(path, seed=0, dtype=torch.bfloat16) -> Path:
     return Path(path)
 
 
-def _tiny_spiece_model() -> bytes:
+_WORDS = """a an the and or but with without under over in on at by from to into of for near behind next
+man woman girl boy child old young tall short small big red green blue yellow black white grey brown orange
+hair coat raincoat hat scarf dress shirt jacket boots umbrella bag glasses beard smile face eyes hand hands
+street road city town village forest river lake sea beach mountain hill sky sun moon star cloud rain snow wind
+fog night day morning evening sunset light lights neon reflections shadow window door room kitchen table chair
+car bus train station stop bridge tower house garden park tree flower grass dog cat bird horse
+walks runs stands sits looks turns holds opens smiles laughs waits talks reads jumps dances meets leaves enters
+offers share shares close up wide shot medium long view seen from above below behind camera pans zooms slowly
+together alone bright dark warm cold wet glowing rainy snowy sunny empty crowded quiet happy sad tired calm
+Mira Theo Alice Bob character reference storyboard frame scene""".split()
+
+
+def _tiny_spiece_model(vocab_size: int | None = None, seed: int = 0) -> bytes:
+    """A tiny sentencepiece model (serialized) trained in memory on generated English.
+
+    Unigram with byte fallback (any text tokenizes, no <unk> in practice); ids as in UMT5:
+    pad 0, eos 1, unk 2, no bos."""
     import sentencepiece as spm
 
-    words = ("a the man woman girl boy old young red green blue hair coat hat street rain night city walks "
-             "smiles stands sits looks at close up wide shot medium of and with under in on by dog cat house "
-             "car bus stop umbrella beard light neon window door table cup tea sky sun moon tree river").split()
-    corpus = [" ".join(words[(i * 7 + j) % len(words)] for j in range(9)) for i in range(400)]
+    vocab_size = vocab_size or TINY_UMT5_CONFIG["vocab_size"]
+    rng = random.Random(seed)
+    corpus = [" ".join(rng.choice(_WORDS) for _ in range(rng.randint(5, 16))) + rng.choice(".,;:!?")
+              for _ in range(3000)]
     out = io.BytesIO()
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(corpus), model_writer=out,
-                                   vocab_size=TINY_UMT5_CONFIG["vocab_size"], model_type="unigram",
-                                   pad_id=0, eos_id=1, unk_id=2, bos_id=-1, minloglevel=2,
-                                   hard_vocab_limit=False)
-    return out.getvalue()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(corpus), model_writer=out, vocab_size=vocab_size,
+                                   model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+                                   byte_fallback=True, hard_vocab_limit=False, minloglevel=2,
+                                   num_threads=1)
+    proto = out.getvalue()
+    sp = spm.SentencePieceProcessor(model_proto=proto)
+    if (sp.pad_id(), sp.eos_id(), sp.unk_id()) != (0, 1, 2):
+        raise RuntimeError("tiny sentencepiece model: UMT5 needs pad 0, eos 1, unk 2")
+    if sp.vocab_size() > vocab_size:
+        raise RuntimeError(f"tiny sentencepiece model: {sp.vocab_size()} pieces > {vocab_size} embedding rows")
+    return proto
 
 
 def tiny_umt5_state_dict(seed=0) -> dict:
@@ -88,7 +116,7 @@ def tiny_umt5_state_dict(seed=0) -> dict:
                relative_attention_num_buckets=32, relative_attention_max_distance=128, layer_norm_epsilon=1e-6)
     model = t5.T5(cfg, dtype=torch.float32, device="cpu", operations=comfy.ops.manual_cast)
     _fill(model, seed)
-    sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    sd = {k: v.detach() for k, v in model.state_dict().items()}  # the module is dropped: no copy needed
     sd["spiece_model"] = torch.frombuffer(bytearray(_tiny_spiece_model()), dtype=torch.uint8)
     return sd
 

@@ -8,22 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
-
-
-def is_widget(spec) -> bool:
-    kind = spec[0]
-    return isinstance(kind, list) or kind in WIDGET_TYPES
-
-
-def input_specs(info: dict) -> list[tuple[str, tuple, bool]]:
-    """[(name, spec, optional)] in the order the frontend builds widgets/sockets."""
-    out = []
-    order = info.get("input_order") or {k: list(v) for k, v in info["input"].items()}
-    for section in ("required", "optional"):
-        for name in order.get(section, []):
-            out.append((name, tuple(info["input"][section][name]), section == "optional"))
-    return out
+from .workflow_api import WIDGET_TYPES, has_control_after_generate, input_specs, is_widget  # noqa: F401
 
 
 @dataclass
@@ -82,7 +67,7 @@ class Graph:
                     if default is None and spec[0] == "COMBO" and spec[1].get("options"):
                         default = spec[1]["options"][0]
                     widgets_values.append(node.widgets.pop(name, default))
-                    widgets_values += extra_widget_values(spec)
+                    widgets_values += extra_widget_values(spec, name)
             if node.widgets:
                 raise ValueError(f"{node.type}: unknown widget(s) {sorted(node.widgets)}")
             out_json = [{"name": n, "type": t, "links": outputs[node.id][i], "slot_index": i}
@@ -98,12 +83,13 @@ class Graph:
                 "groups": [], "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}}, "version": 0.4}
 
 
-def extra_widget_values(spec) -> list:
-    """Values the frontend saves after a widget's own: the seed's control_after_generate mode, and
-    the upload button of an image combo (LoadImage saves ["file.png", "image"])."""
+def extra_widget_values(spec, name: str = "") -> list:
+    """Values the frontend saves after a widget's own: the control_after_generate mode of a seed
+    (saved as "fixed" here), and the upload button of an image combo (LoadImage saves
+    ["file.png", "image"])."""
     opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
     extra = []
-    if opts.get("control_after_generate"):
+    if has_control_after_generate(name, spec):
         extra.append("fixed")
     if opts.get("image_upload"):
         extra.append("image")

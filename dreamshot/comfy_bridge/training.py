@@ -1,0 +1,395 @@
+"""ComfyUI-side glue for ``python -m dreamshot.train``: the trainer runs on ComfyUI's own Wan code.
+
+- ``import_comfy``: headless import of the user's ComfyUI (``$COMFYUI_PATH``, the ComfyUI that
+  contains this pack, or ``~/ComfyUI``), CPU-only when there is no CUDA. Call it before
+  importing anything else from ``comfy_bridge`` (those modules import ``comfy`` at import time).
+- ``load_dit`` / ``load_vae`` / ``load_text_encoder``: ComfyUI's loaders (comfy.sd), so the
+  trained weights are exactly the weights LoadDreamShotModel later patches.
+- ``TrainableAdapters``: LoRA (and optional full-block deltas) attached to a ModelPatcher clone
+  as ComfyUI object patches / weight wrappers; saves with ComfyUI-native keys
+  (``diffusion_model.blocks.{i}.self_attn.q.lora_up.weight`` ...), so the file loads in ComfyUI
+  (``comfy.lora``, LoraLoaderModelOnly, LoadDreamShotModel) with no conversion.
+- ``StoryModel``: the sampler's DreamShot patches (clean frames at t = 0 via per-frame
+  timesteps, per-shot cross-attention) on a clone, plus training-only block replacements
+  (gradient checkpointing, block index for RACL) and a self-attention hook
+  that accumulates the RACL loss.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+log = logging.getLogger("DreamShot")
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def import_comfy(comfyui_path: str | os.PathLike | None = None) -> Path:
+    """Import ComfyUI headless (idempotent); returns its root. Raises RuntimeError when absent."""
+    from . import headless
+
+    if comfyui_path:
+        root = Path(comfyui_path).expanduser()
+        if not ((root / "main.py").is_file() and (root / "comfy").is_dir()):
+            raise RuntimeError(f"model.comfyui_path = {str(root)!r} is not a ComfyUI folder (no main.py / comfy/).")
+        os.environ["COMFYUI_PATH"] = str(root)
+    try:
+        return headless.import_comfy()
+    except RuntimeError as e:
+        raise RuntimeError(f"{e} The trainer runs ComfyUI's own Wan code, so it needs a ComfyUI checkout "
+                           "(set model.comfyui_path in the config, or COMFYUI_PATH).") from None
+
+
+# -- loading --------------------------------------------------------------------------------------
+def load_dit(path: str, dtype: str = "bf16"):
+    """The Wan2.1 T2V DiT as a ComfyUI MODEL (ModelPatcher), weights in ``dtype``."""
+    import comfy.sd
+
+    from .wan_patches import check_wan21_t2v
+
+    _need_file("model.dit", path)
+    m = comfy.sd.load_diffusion_model(str(path), model_options={"dtype": DTYPES[dtype]})
+    check_wan21_t2v(m)
+    return m
+
+
+def load_vae(path: str):
+    import comfy.sd
+    import comfy.utils
+
+    _need_file("model.vae", path)
+    return comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(path), safe_load=True))
+
+
+def load_text_encoder(path: str, config_override: dict | None = None):
+    """UMT5 through comfy.sd.load_clip (type wan); ``config_override`` replaces UMT5 config keys."""
+    import comfy.sd
+
+    _need_file("model.text_encoder", path)
+    options = {"umt5xxl_model_config": dict(config_override)} if config_override else {}
+    return comfy.sd.load_clip(ckpt_paths=[str(path)], clip_type=comfy.sd.CLIPType.WAN, model_options=options)
+
+
+def encode_text(clip, text: str) -> torch.Tensor:
+    """[1, L, 4096] conditioning exactly as CLIPTextEncode makes it."""
+    return clip.encode_from_tokens_scheduled(clip.tokenize(text))[0][0]
+
+
+def _need_file(key: str, path) -> None:
+    if not path or not Path(path).is_file():
+        raise FileNotFoundError(f"{key}: file {str(path)!r} not found")
+
+
+def model_shift(m) -> float:
+    """The sampling shift ComfyUI uses for this model (8.0 for Wan2.1 T2V)."""
+    return float(m.get_model_object("model_sampling").shift)
+
+
+def describe_base_model(m, path: str = "") -> str:
+    dm = m.model.diffusion_model
+    size = {1536: "1.3B", 5120: "14B"}.get(dm.dim, f"dim{dm.dim}-{len(dm.blocks)}blocks")
+    name = Path(path).name if path else ""
+    return f"wan2.1_t2v_{size}" + (f" ({name})" if name else "")
+
+
+# -- trainable adapters -----------------------------------------------------------------------
+class LoRALayer(torch.nn.Module):
+    """y += (x @ down^T @ up^T) * alpha / rank; up starts at zero, so training starts at the base model."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int, alpha: float, dropout: float = 0.0,
+                 generator: torch.Generator | None = None):
+        super().__init__()
+        self.rank = rank
+        self.down = torch.nn.Parameter(torch.empty(rank, in_features))
+        self.up = torch.nn.Parameter(torch.zeros(out_features, rank))
+        self.register_buffer("alpha", torch.tensor(float(alpha)))
+        self.dropout = dropout
+        bound = 1.0 / math.sqrt(in_features)   # kaiming_uniform(a=sqrt(5)), as torch.nn.Linear / PEFT
+        with torch.no_grad():
+            self.down.uniform_(-bound, bound, generator=generator)
+
+    @property
+    def scale(self) -> float:
+        return float(self.alpha) / self.rank
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dropout and self.training:
+            x = F.dropout(x, self.dropout)
+        h = F.linear(x, self.down.to(x.dtype))
+        return F.linear(h, self.up.to(x.dtype)) * self.scale
+
+
+class WeightDelta(torch.nn.Module):
+    """A ComfyUI weight function w -> w + delta (fp32 master delta), as nodes_train's BiasDiff."""
+
+    def __init__(self, delta: torch.nn.Parameter):
+        super().__init__()
+        self.delta = delta
+
+    def __call__(self, w):
+        return (w.to(self.delta.dtype) + self.delta).to(w.dtype)
+
+    def passive_memory_usage(self):
+        return self.delta.nelement() * self.delta.element_size()
+
+    def move_to(self, device):
+        self.to(device=device)
+        return self.passive_memory_usage()
+
+
+def _lora_forward(original, lora: LoRALayer):
+    def forward(x, *args, **kwargs):
+        return original(x, *args, **kwargs) + lora(x)
+    return forward
+
+
+def _module_key(name: str) -> str:
+    return name.replace(".", "__")
+
+
+class TrainableAdapters(torch.nn.Module):
+    """Every trainable tensor of a DreamShot fine-tune, keyed by its ComfyUI LoRA-file key.
+
+    ``loras``: LoRA layers on ``diffusion_model.blocks.{i}.{target}`` linears.
+    ``deltas``: full fine-tune of chosen blocks as zero-initialised deltas, saved as ComfyUI
+    ``.diff`` / ``.diff_b`` patches (every linear and norm weight and bias of the block; not its
+    ``modulation`` vector, which ComfyUI's LoRA loader cannot patch).
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.loras = torch.nn.ModuleDict()
+        self.deltas = torch.nn.ParameterDict()
+        self.lora_modules: dict[str, str] = {}    # ModuleDict key -> "diffusion_model.blocks.0.self_attn.q"
+        self.delta_keys: dict[str, str] = {}      # ParameterDict key -> "diffusion_model....diff"
+
+    # -- ComfyUI LoRA file <-> parameters -----------------------------------------------------
+    def comfy_state_dict(self, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+        out = {}
+        for key, lora in self.loras.items():
+            name = self.lora_modules[key]
+            for suffix, t in ((".lora_up.weight", lora.up), (".lora_down.weight", lora.down)):
+                out[name + suffix] = t.detach().to("cpu", dtype or t.dtype).contiguous()
+            out[name + ".alpha"] = lora.alpha.detach().to("cpu", torch.float32).clone()
+        for key, p in self.deltas.items():
+            out[self.delta_keys[key]] = p.detach().to("cpu", dtype or p.dtype).contiguous()
+        return out
+
+    def load_comfy_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
+        """Load a file written by ``comfy_state_dict``; every trainable tensor must be present."""
+        want = self.comfy_state_dict()
+        missing = sorted(set(want) - set(sd))
+        unexpected = sorted(set(sd) - set(want))
+        if missing or unexpected:
+            raise ValueError(f"trainable state does not match this run: missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]} (was it trained with other lora/full_finetune settings?)")
+        with torch.no_grad():
+            for key, lora in self.loras.items():
+                name = self.lora_modules[key]
+                lora.up.copy_(sd[name + ".lora_up.weight"])
+                lora.down.copy_(sd[name + ".lora_down.weight"])
+                lora.alpha.copy_(sd[name + ".alpha"])
+            for key, p in self.deltas.items():
+                p.copy_(sd[self.delta_keys[key]])
+
+    def named_trainable(self) -> list[tuple[str, torch.nn.Parameter]]:
+        """(stable name, parameter) in a fixed order: the optimizer's parameter order."""
+        return [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+
+
+def _comfy_ops_modules(block: torch.nn.Module):
+    for name, mod in block.named_modules():
+        if hasattr(mod, "weight_function") and getattr(mod, "weight", None) is not None:
+            yield name, mod
+
+
+def attach_trainable(m, rank: int, alpha: float, targets: Sequence[str], lora_blocks: Sequence[int],
+                     full_blocks: Sequence[int] = (), dropout: float = 0.0, seed: int = 0) -> TrainableAdapters:
+    """Add LoRA (object patches on the linears' ``forward``) and full-block deltas (ComfyUI weight
+    wrappers) to the ModelPatcher ``m``. Applied when ``m`` is loaded (load_models_gpu)."""
+    import comfy.utils
+
+    adapters = TrainableAdapters()
+    dm = m.model.diffusion_model
+    n_blocks = len(dm.blocks)
+    bad = [i for i in list(lora_blocks) + list(full_blocks) if not 0 <= i < n_blocks]
+    if bad:
+        raise ValueError(f"block indices {bad} do not exist: this model has blocks 0..{n_blocks - 1} "
+                         "(Wan2.1 1.3B has 30, 14B has 40)")
+    gen = torch.Generator().manual_seed(seed)
+    for i in lora_blocks:
+        for target in targets:
+            name = f"diffusion_model.blocks.{i}.{target}"
+            module = comfy.utils.get_attr(m.model, name)
+            out_f, in_f = module.weight.shape
+            lora = LoRALayer(in_f, out_f, rank, alpha, dropout, generator=gen).to(module.weight.device)
+            key = _module_key(name)
+            adapters.loras[key] = lora
+            adapters.lora_modules[key] = name
+            m.add_object_patch(f"{name}.forward", _lora_forward(module.forward, lora))
+    for i in full_blocks:
+        block = dm.blocks[i]
+        for sub, mod in _comfy_ops_modules(block):
+            base = f"diffusion_model.blocks.{i}.{sub}"
+            for attr, suffix in (("weight", ".diff"), ("bias", ".diff_b")):
+                t = getattr(mod, attr, None)
+                if t is None:
+                    continue
+                delta = torch.nn.Parameter(torch.zeros(t.shape, dtype=torch.float32, device=t.device))
+                key = _module_key(base + suffix)
+                adapters.deltas[key] = delta
+                adapters.delta_keys[key] = base + suffix
+                m.add_weight_wrapper(f"{base}.{attr}", WeightDelta(delta))
+        # The block's own `modulation` stays frozen: ComfyUI (0.3.64) patches only parameters of leaf
+        # modules when it loads a LoRA (ModelPatcher._load_list), so a modulation .diff would be
+        # silently dropped at inference.
+    return adapters
+
+
+# -- the story model --------------------------------------------------------------------------
+class RACLCollector:
+    """Self-attention hook: RACL on the chosen blocks' q/k, then the normal attention."""
+
+    def __init__(self, config):
+        self.config = config          # dreamshot.role_attention.RACLConfig
+        self.role_map = None
+        self.armed = False
+        self.losses: list[torch.Tensor] = []
+
+    def start(self, role_map) -> None:
+        self.role_map = role_map
+        self.losses = []
+        self.armed = role_map is not None and bool(role_map.regions)
+
+    def stop(self):
+        """Stop recording (recomputation under gradient checkpointing must not record twice)."""
+        self.armed = False
+        return self.config.total(self.losses)
+
+    def __call__(self, func, q, k, v, heads=None, transformer_options=None, **kwargs):
+        from ..role_attention import racl_loss
+        from .role_patch import BLOCK_KEY
+
+        block = (transformer_options or {}).get(BLOCK_KEY)
+        if self.role_map is not None and self.role_map.regions and block is not None \
+                and self.config.uses_layer(block):
+            loss = racl_loss(q, k, heads, self.role_map, kind=self.config.kind, eps=self.config.eps)
+            if self.armed:
+                self.losses.append(loss)
+        return func(q, k, v, heads=heads, transformer_options=transformer_options, **kwargs)
+
+
+def _training_block(index: int, block: torch.nn.Module, grad_ckpt: bool):
+    """patches_replace["dit"][("double_block", i)]: sets the block index (RACL) and checkpoints the
+    block. It calls the block itself, never extra["original_block"]: that closure binds the forward
+    loop's *last* block by the time backward recomputes."""
+    from .role_patch import BLOCK_KEY
+
+    def run(img, vec, txt, pe, options):
+        return block(img, e=vec, freqs=pe, context=txt, context_img_len=None, transformer_options=options)
+
+    def replacement(args, extra):
+        options = {**args["transformer_options"], BLOCK_KEY: index}
+        if grad_ckpt and torch.is_grad_enabled():
+            img = checkpoint(run, args["img"], args["vec"], args["txt"], args["pe"], options, use_reentrant=False)
+        else:
+            img = run(args["img"], args["vec"], args["txt"], args["pe"], options)
+        return {"img": img}
+
+    return replacement
+
+
+class StoryModel:
+    """A training clone of a ComfyUI Wan MODEL patched the DreamShot way.
+
+    ``predict`` returns ComfyUI's denoised x0 for a packed story; clean frames are seen at t = 0
+    (per-frame timesteps from the denoise mask), each shot frame cross-attends to its own prompt
+    segment, and RACL is accumulated from the self-attention q/k of the chosen blocks.
+    """
+
+    def __init__(self, model, adapters: TrainableAdapters, gradient_checkpointing: bool = True, racl=None):
+        from .wan_patches import SELF_ATTENTION_HOOKS_KEY, _attention_override, _clean_frame_patches
+
+        m = model.clone()
+        for name, obj in _clean_frame_patches(m).items():
+            m.add_object_patch(name, obj)
+        to = m.model_options.setdefault("transformer_options", {})
+        to["optimized_attention_override"] = _attention_override(to.get("optimized_attention_override"))
+        blocks = m.model.diffusion_model.blocks
+        for i, block in enumerate(blocks):
+            m.set_model_patch_replace(_training_block(i, block, gradient_checkpointing),
+                                      "dit", "double_block", i)
+        self.patcher = m
+        self.adapters = adapters
+        self.racl = RACLCollector(racl) if racl is not None and racl.lambda_racl > 0 else None
+        self._hooks_key = SELF_ATTENTION_HOOKS_KEY
+
+    @property
+    def base_model(self):
+        return self.patcher.model
+
+    def load(self, device: torch.device | None = None, fsdp_mesh=None) -> None:
+        """Apply the patches and put the model on its device (ComfyUI's load_models_gpu), or, with an
+        FSDP mesh, apply them on the offload device and shard every block (FSDP2, frozen weights)."""
+        import comfy.model_management
+
+        self.patcher.model.requires_grad_(False)
+        if fsdp_mesh is None:
+            comfy.model_management.load_models_gpu([self.patcher], force_full_load=True)
+        else:
+            from torch.distributed.fsdp import fully_shard
+
+            self.patcher.patch_model(device_to=self.patcher.offload_device)
+            dm = self.patcher.model.diffusion_model
+            for block in dm.blocks:
+                fully_shard(block, mesh=fsdp_mesh)
+            fully_shard(dm, mesh=fsdp_mesh)
+            log.info("DreamShot: FSDP sharded the DiT's %d blocks over %d processes", len(dm.blocks),
+                     fsdp_mesh.size())
+        dev = device or self.device
+        self.adapters.to(dev)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.patcher.model.diffusion_model.parameters()).device
+
+    def process_latent_in(self, latent: torch.Tensor) -> torch.Tensor:
+        return self.patcher.model.process_latent_in(latent)
+
+    def shift(self) -> float:
+        return model_shift(self.patcher)
+
+    def predict(self, x_t: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor, denoise_mask: torch.Tensor,
+                story: dict, role_map=None) -> tuple[torch.Tensor, torch.Tensor | float]:
+        """(denoised x0 [B, C, F, h, w] fp32, lambda x RACL) for one packed story."""
+        from .wan_patches import STORY_KEY
+
+        to = dict(self.patcher.model_options["transformer_options"])
+        to[STORY_KEY] = story
+        if self.racl is not None:
+            to[self._hooks_key] = self.racl
+            self.racl.start(role_map)
+        try:
+            denoised = self.patcher.model.apply_model(x_t, sigma, c_crossattn=context, denoise_mask=denoise_mask,
+                                                      transformer_options=to)
+        finally:
+            racl = self.racl.stop() if self.racl is not None else 0.0
+        return denoised, racl
+
+
+def story_options_for(layout, frame_segments: Sequence[int], num_segments: int, segment_length: int) -> dict:
+    """wan_patches.story_options for a story built from cached tensors (no StorySequence needed)."""
+    from .wan_patches import story_options
+
+    seq = SimpleNamespace(layout=layout, plan=SimpleNamespace(frame_segments=list(frame_segments)),
+                          num_segments=num_segments, segment_length=segment_length)
+    return story_options(seq)
