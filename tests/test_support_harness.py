@@ -201,7 +201,8 @@ def test_test_only_loader_node_loads_in_process_too(scratch_registry):
     assert got[TEST_LOADER].RETURN_TYPES == ("CLIP",)
     import sys
 
-    pack_module = sys.modules[str(TEST_NODES_DIR)]
+    # ComfyUI names the module after its path, with "." replaced (e.g. in /tmp/tmp.XYZ/...)
+    pack_module = sys.modules[got[TEST_LOADER].__module__]
     assert pack_module.TINY_UMT5_CONFIG == TINY_UMT5_CONFIG
 
 
