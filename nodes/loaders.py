@@ -1,4 +1,5 @@
-"""Load DreamShot Model: ComfyUI's own Wan2.1 T2V MODEL plus an optional DreamShot LoRA."""
+"""Load DreamShot Model: ComfyUI's own Wan2.1 T2V MODEL plus up to two DreamShot LoRAs (the released
+SFT then RL LoRA) and an optional step-distillation LoRA (LightX2V 4-step), applied in that order."""
 
 import os
 
@@ -28,6 +29,11 @@ def lora_files() -> list[str]:
     return folder_paths.get_filename_list(LORA_FOLDER)
 
 
+def distill_lora_files() -> list[str]:
+    """Step-distillation LoRAs live with ordinary LoRAs (models/loras)."""
+    return folder_paths.get_filename_list("loras")
+
+
 class LoadDreamShotModel(io.ComfyNode):
     DISPLAY = "Load DreamShot Model"
 
@@ -48,15 +54,32 @@ class LoadDreamShotModel(io.ComfyNode):
                                        "base model as it is."),
                 io.Float.Input("strength", default=1.0, min=-4.0, max=4.0, step=0.05,
                                tooltip="LoRA strength; DreamShot LoRAs are trained for 1.0."),
+                io.Combo.Input("lora_2_name", options=[NO_LORA] + lora_files(), default=NO_LORA,
+                               tooltip="A second DreamShot LoRA from models/dreamshot, applied after the first "
+                                       "(the released weights: sft_lora_model first, rl_lora_model here)."),
+                io.Float.Input("lora_2_strength", default=1.0, min=-4.0, max=4.0, step=0.05,
+                               tooltip="Second LoRA strength; the released RL LoRA is applied at 1.0."),
+                io.Combo.Input("distill_lora_name", options=[NO_LORA] + distill_lora_files(), default=NO_LORA,
+                               tooltip="Optional step-distillation LoRA from models/loras, applied last (e.g. "
+                                       "wan2.1_t2v_14b_lora_rank64_lightx2v_4step: 4 steps, cfg 1, ref_cfg 1.5, "
+                                       "shift 1.0)."),
+                io.Float.Input("distill_lora_strength", default=1.0, min=-4.0, max=4.0, step=0.05,
+                               tooltip="Distillation LoRA strength; the official pipeline uses 1.0."),
             ],
             outputs=[io.Model.Output(display_name="model")],
         )
 
     @classmethod
-    def execute(cls, model, lora_name=NO_LORA, strength=1.0) -> io.NodeOutput:
+    def execute(cls, model, lora_name=NO_LORA, strength=1.0, lora_2_name=NO_LORA, lora_2_strength=1.0,
+                distill_lora_name=NO_LORA, distill_lora_strength=1.0) -> io.NodeOutput:
         with reported_as(cls.DISPLAY):
             check_wan21_t2v(model)
-            if lora_name == NO_LORA or strength == 0:
-                return io.NodeOutput(model)
-            path = folder_paths.get_full_path_or_raise(LORA_FOLDER, lora_name)
-            return io.NodeOutput(apply_lora(model, path, strength, name=lora_name))
+            # Order as the official pipeline fuses them: SFT, RL, then the distillation LoRA.
+            for folder, name, weight in ((LORA_FOLDER, lora_name, strength),
+                                         (LORA_FOLDER, lora_2_name, lora_2_strength),
+                                         ("loras", distill_lora_name, distill_lora_strength)):
+                if name in (None, NO_LORA) or weight == 0:
+                    continue
+                path = folder_paths.get_full_path_or_raise(folder, name)
+                model = apply_lora(model, path, weight, name=name)
+            return io.NodeOutput(model)

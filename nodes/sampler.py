@@ -3,8 +3,7 @@
 import comfy.samplers
 from comfy_api.v0_0_2 import io
 
-from ..dreamshot.comfy_bridge.sampling import keyframes_from_latent, sample_story
-from ..dreamshot.packing import shot_latent
+from ..dreamshot.comfy_bridge.sampling import sample_long_story
 from .errors import reported_as
 from .types import CATEGORY, Sequence
 
@@ -19,7 +18,8 @@ class DreamShotSampler(io.ComfyNode):
             display_name=cls.DISPLAY,
             category=f"{CATEGORY}/sampling",
             description="Samples the storyboard with ComfyUI's own samplers: per-shot cross-attention, references "
-                        "and kept shots seen clean at t=0 and returned bit-exact; outputs one keyframe per shot.",
+                        "and kept shots seen clean at t=0 and returned bit-exact; text and reference guidance; "
+                        "long stories in chunks; outputs one keyframe per shot.",
             is_experimental=True,
             inputs=[
                 io.Model.Input("model", tooltip="Wan2.1 T2V (from Load DreamShot Model)."),
@@ -33,6 +33,16 @@ class DreamShotSampler(io.ComfyNode):
                                tooltip="Any ComfyUI sampler."),
                 io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="simple",
                                tooltip="Any ComfyUI scheduler."),
+                io.Float.Input("ref_cfg", default=1.0, min=0.0, max=100.0, step=0.1, round=0.01,
+                               tooltip="Reference-image guidance scale (official: 2, or 1.5 with the 4-step "
+                                       "LoRA). 1.0 = off, no extra model pass; otherwise one extra pass per step "
+                                       "with the shots blind to the references. Ignored without references."),
+                io.Int.Input("chunk_size", default=0, min=0, max=512,
+                             tooltip="Shots generated per pass for long stories (official: 6); 0 = all shots "
+                                     "in one pass. Each chunk uses only its own shots' characters as references."),
+                io.Int.Input("context_shots", default=0, min=0, max=64,
+                             tooltip="With chunks: the last N shots generated so far are given clean to the next "
+                                     "chunk as context (Shot-to-Shot)."),
             ],
             outputs=[
                 io.Image.Output(display_name="keyframes", tooltip="One image per shot, in story order."),
@@ -41,8 +51,9 @@ class DreamShotSampler(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, sequence, seed, steps, cfg, sampler_name, scheduler) -> io.NodeOutput:
+    def execute(cls, model, sequence, seed, steps, cfg, sampler_name, scheduler, ref_cfg=1.0, chunk_size=0,
+                context_shots=0) -> io.NodeOutput:
         with reported_as(cls.DISPLAY):
-            latent = sample_story(model, sequence, seed, steps, cfg, sampler_name, scheduler)
-            images = keyframes_from_latent(sequence, latent)
-            return io.NodeOutput(images, {"samples": shot_latent(sequence.layout, latent)})
+            images, latent = sample_long_story(model, sequence, seed, steps, cfg, sampler_name, scheduler,
+                                               ref_cfg=ref_cfg, chunk_size=chunk_size, context_shots=context_shots)
+            return io.NodeOutput(images, {"samples": latent})

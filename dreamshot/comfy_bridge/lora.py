@@ -16,7 +16,7 @@ import safetensors
 import safetensors.torch
 
 from ..errors import DreamShotInputError
-from ..lora_keys import lora_modules
+from ..lora_keys import diffsynth_to_comfy, lora_modules
 
 log = logging.getLogger("DreamShot")
 
@@ -41,6 +41,10 @@ def check_lora_fits(model, lora: dict, name: str = "lora") -> dict:
     Returns the patch dict for ``ModelPatcher.add_patches``.
     """
     key_map = comfy.lora.model_lora_keys_unet(model.model, {})
+    try:
+        lora = diffsynth_to_comfy(lora)   # DiffSynth/PEFT (the released DreamShot LoRAs), kohya
+    except ValueError as e:
+        raise DreamShotInputError("lora_name", f"{name}: {e}.", "remove the duplicate keys from the file.") from None
     lora = comfy.lora_convert.convert_lora(lora)
     groups = lora_modules(lora.keys())
     unmapped = sorted(groups.pop("", []))
@@ -49,7 +53,7 @@ def check_lora_fits(model, lora: dict, name: str = "lora") -> dict:
         shown = ", ".join(unmapped[:8]) + (f" ... ({len(unmapped)} in all)" if len(unmapped) > 8 else "")
         raise DreamShotInputError(
             "lora_name", f"{name}: {len(unmapped)} key(s) match no weight of this Wan model: {shown}.",
-            "use a LoRA trained for Wan2.1 T2V (ComfyUI or DreamShot key names).")
+            "use a LoRA trained for Wan2.1 T2V (ComfyUI, DiffSynth/PEFT or kohya key names).")
     patches = comfy.lora.load_lora(lora, key_map, log_missing=False)
     shapes = _model_weight_shapes(model)
     wrong = []

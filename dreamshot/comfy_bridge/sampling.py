@@ -1,23 +1,77 @@
-"""Sampling a packed story with ComfyUI's own samplers (comfy.sample.sample, as KSampler does)."""
+"""Sampling a packed story with ComfyUI's own samplers (comfy.sample.sample, as KSampler does).
+
+- Two-scale guidance (text cfg + reference cfg, dreamshot.guidance): a CFGGuider subclass that adds
+  one model pass per step with the shots blind to the references, only when ref_cfg != 1 and the
+  story has references; otherwise the stock sampler path runs unchanged.
+- Long stories: the shots are generated in chunks, each chunk seeing only the characters of its
+  own shots as references and the last N keyframes generated so far as clean context shots.
+"""
 
 from __future__ import annotations
 
+import math
+
 import comfy.model_management
 import comfy.sample
+import comfy.samplers
 import comfy.utils
 import latent_preview
 import torch
 
-from ..packing import decode_keyframes
-from .wan_patches import patch_for_story
+from ..attention import pad_segments
+from ..guidance import two_scale_guidance
+from ..modes import Mode
+from ..packing import decode_keyframes, pack_latent, shot_latent
+from ..story import Character, Shot, StorySequence, plan_story
+from .wan_patches import NO_REFS_KEY, patch_for_story
+
+
+class TwoScaleGuider(comfy.samplers.CFGGuider):
+    """Text CFG around reference CFG (formula in dreamshot.guidance): cond and uncond batched as
+    usual, plus one pass of the positive prompt with the shots blind to the references."""
+
+    def __init__(self, model_patcher, ref_cfg: float):
+        super().__init__(model_patcher)
+        self.ref_cfg = ref_cfg
+
+    def predict_noise(self, x, timestep, model_options={}, seed=None):
+        positive = self.conds.get("positive", None)
+        negative = self.conds.get("negative", None)
+        use_uncond = not (math.isclose(self.cfg, 1.0)
+                          and not model_options.get("disable_cfg1_optimization", False))
+        out = comfy.samplers.calc_cond_batch(self.inner_model, [positive, negative if use_uncond else None],
+                                             x, timestep, model_options)
+        no_refs_options = dict(model_options)
+        no_refs_options["transformer_options"] = {**model_options.get("transformer_options", {}),
+                                                  NO_REFS_KEY: True}
+        (cond_no_refs,) = comfy.samplers.calc_cond_batch(self.inner_model, [positive], x, timestep,
+                                                         no_refs_options)
+        guided = two_scale_guidance(out[0], cond_no_refs, None, 1.0, self.ref_cfg)
+        # Text CFG through ComfyUI's cfg_function, so sampler_cfg/post_cfg hooks still apply.
+        uncond = out[1] if use_uncond else guided
+        return comfy.samplers.cfg_function(self.inner_model, guided, uncond, self.cfg if use_uncond else 1.0,
+                                           x, timestep, model_options=model_options, cond=positive,
+                                           uncond=negative if use_uncond else None)
+
+
+def _progress_callback(m, steps: int, offset: int = 0, total: int | None = None, progress=None):
+    progress = progress or latent_preview.prepare_callback(m, total or steps)
+
+    def callback(step, x0, x, total_steps):
+        # The server's progress hook checks Cancel on every update; checking here too makes
+        # Cancel work wherever the story is sampled.
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        progress(offset + step, x0, x, total or total_steps)
+    return callback
 
 
 def sample_story(model, sequence, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str,
-                 denoise: float = 1.0) -> torch.Tensor:
+                 denoise: float = 1.0, ref_cfg: float = 1.0, callback=None) -> torch.Tensor:
     """Denoise the generated frames of ``sequence``; returns the full packed latent [1, C, F, h, w].
 
     Clean frames (references, kept shots) are copied back from the input afterwards: the sampler
-    keeps them to ~1e-6, DreamShot promises them bit-exact.
+    keeps them to ~1e-6, DreamShot promises them bit-exact. ``ref_cfg`` is ignored (1) when the
+    story has no references.
     """
     m = patch_for_story(model, sequence)
     latent = sequence.latent
@@ -26,17 +80,21 @@ def sample_story(model, sequence, seed: int, steps: int, cfg: float, sampler_nam
     mask = sequence.denoise_mask()
     positive = [[sequence.positive, {}]]
     negative = [[sequence.negative, {}]]
-    # ComfyUI's progress bar (+ previews). The server's progress hook checks Cancel on every
-    # update; checking here too makes Cancel work wherever the story is sampled.
-    progress = latent_preview.prepare_callback(m, steps)
-
-    def callback(step, x0, x, total_steps):
-        comfy.model_management.throw_exception_if_processing_interrupted()
-        progress(step, x0, x, total_steps)
-    out = comfy.sample.sample(
-        m, noise, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
-        denoise=denoise, noise_mask=mask, callback=callback,
-        disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
+    callback = callback or _progress_callback(m, steps)
+    disable_pbar = not comfy.utils.PROGRESS_BAR_ENABLED
+    if ref_cfg == 1.0 or sequence.layout.num_refs == 0:
+        out = comfy.sample.sample(
+            m, noise, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
+            denoise=denoise, noise_mask=mask, callback=callback, disable_pbar=disable_pbar, seed=seed)
+    else:
+        ks = comfy.samplers.KSampler(m, steps=steps, device=m.load_device, sampler=sampler_name,
+                                     scheduler=scheduler, denoise=denoise, model_options=m.model_options)
+        guider = TwoScaleGuider(m, ref_cfg)
+        guider.set_conds(positive, negative)
+        guider.set_cfg(cfg)
+        out = guider.sample(noise, latent_image, comfy.samplers.sampler_object(sampler_name), ks.sigmas,
+                            denoise_mask=mask, callback=callback, disable_pbar=disable_pbar, seed=seed)
+        out = out.to(comfy.model_management.intermediate_device())
     out = out.to(latent.device, latent.dtype)
     keep = torch.tensor([not g for g in sequence.layout.denoise_mask_values()], device=out.device)
     keep = keep.nonzero().flatten()
@@ -52,3 +110,114 @@ def keyframes_from_latent(sequence, latent: torch.Tensor) -> torch.Tensor:
         if image is not None and sequence.layout.clean_shots[j]:
             images[j] = image.to(images)
     return images
+
+
+# -- long stories ----------------------------------------------------------------------------------
+def plan_chunks(num_shots: int, chunk_size: int, context_shots: int) -> list[tuple[list[int], list[int]]]:
+    """[(context shot indices, target shot indices), ...]; chunk_size 0 = one chunk of all shots.
+
+    As the official runner: targets in consecutive runs of chunk_size; the context of a chunk is the
+    last ``context_shots`` shots before it (already generated).
+    """
+    if chunk_size <= 0 or chunk_size >= num_shots:
+        return [([], list(range(num_shots)))]
+    chunks = []
+    for start in range(0, num_shots, chunk_size):
+        targets = list(range(start, min(start + chunk_size, num_shots)))
+        context = list(range(max(0, start - context_shots), start))
+        chunks.append((context, targets))
+    return chunks
+
+
+def chunk_sequence(sequence: StorySequence, context: list[int], targets: list[int],
+                   keyframes: dict[int, torch.Tensor]) -> StorySequence:
+    """The story restricted to ``context`` (kept clean, as ``keyframes[j]``) + ``targets``.
+
+    References: only the characters that appear in the target shots (story order). Prompt encodings
+    are the sequence's own segments, so no text encoder is needed.
+    """
+    plan, lay = sequence.plan, sequence.layout
+    n_shots = lay.num_shots
+    cast = sorted({c for j in targets for c in plan.shot_characters[j]}) if plan.mode.uses_references \
+        and lay.num_refs else []
+    cast_names = {plan.characters[c].name for c in cast}
+    characters = []
+    for c in cast:
+        refs = [i for i, rc in enumerate(lay.ref_characters) if rc == c]
+        masks = [plan.ref_masks[i] for i in refs]
+        characters.append(Character(
+            name=plan.characters[c].name, images=torch.stack([plan.ref_images[i] for i in refs]),
+            masks=None if any(mk is None for mk in masks) else torch.stack(masks),
+            description=plan.characters[c].description))
+
+    def shot(j, image):
+        names = tuple(plan.characters[c].name for c in plan.shot_characters[j]
+                      if plan.characters[c].name in cast_names)
+        regions = tuple((plan.characters[c].name, spec) for c, spec in plan.shot_regions[j].items()
+                        if plan.characters[c].name in cast_names)
+        return Shot(prompt=plan.shots[j].prompt, characters=names, image=image, regions=regions)
+
+    shots = [shot(j, keyframes[j]) for j in context]
+    shots += [shot(j, plan.shot_images[j] if lay.clean_shots[j] else None) for j in targets]
+    any_clean = bool(context) or any(lay.clean_shots[j] for j in targets)
+    if any_clean:
+        mode = Mode.EDIT
+    else:
+        mode = Mode.REFERENCE_TO_SHOT if characters else Mode.TEXT_TO_SHOT
+    sub = plan_story(characters, shots, lay.width, lay.height, repeat=lay.repeat, mode=mode,
+                     fit="stretch", max_latent_frames=10 ** 6)
+
+    # Text: the sequence's segments, re-used (shots by index, captions by text).
+    seg = sequence.segment_length
+
+    def segment(tensor, i):
+        return tensor[:, i * seg:(i + 1) * seg]
+    caption_index = {plan.prompts[i]: i for i in range(n_shots, len(plan.prompts))}
+    shot_ids = context + targets
+    pos = [segment(sequence.positive, j) for j in shot_ids]
+    neg = [segment(sequence.negative, j) for j in shot_ids]
+    for text in sub.prompts[len(shot_ids):]:
+        pos.append(segment(sequence.positive, caption_index[text]))
+        neg.append(segment(sequence.positive, caption_index[text]))
+    seg_len = seg + 1 if seg * len(pos) == sub.layout.num_tokens else seg
+    latent = pack_latent(sequence.vae, sub.layout, sub.ref_images, sub.shot_images)
+    return StorySequence(plan=sub, latent=latent, positive=pad_segments(pos, seg_len),
+                         negative=pad_segments(neg, seg_len), segment_length=seg_len, vae=sequence.vae)
+
+
+def sample_long_story(model, sequence, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str,
+                      ref_cfg: float = 1.0, chunk_size: int = 0, context_shots: int = 0,
+                      on_chunk=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keyframes [S, H, W, 3] and the shots' latent [1, C, S*T/4, h, w] of the whole story.
+
+    One chunk (chunk_size 0 or >= shots) is exactly ``sample_story`` on the sequence. Every chunk
+    uses the same seed, as the official runner does; one progress bar runs over all chunks.
+    ``on_chunk(chunk_sequence)`` is called before each chunk is sampled (tests, logging).
+    """
+    chunks = plan_chunks(sequence.layout.num_shots, chunk_size, context_shots)
+    if len(chunks) == 1:
+        if on_chunk:
+            on_chunk(sequence)
+        latent = sample_story(model, sequence, seed, steps, cfg, sampler_name, scheduler, ref_cfg=ref_cfg)
+        return keyframes_from_latent(sequence, latent), shot_latent(sequence.layout, latent)
+    progress = latent_preview.prepare_callback(model, steps * len(chunks))
+    keyframes: dict[int, torch.Tensor] = {}
+    latents = []
+    for n, (context, targets) in enumerate(chunks):
+        sub = chunk_sequence(sequence, context, targets, keyframes)
+        if on_chunk:
+            on_chunk(sub)
+        if sub.layout.generated_shots:
+            callback = _progress_callback(model, steps, offset=n * steps, total=steps * len(chunks),
+                                          progress=progress)
+            latent = sample_story(model, sub, seed, steps, cfg, sampler_name, scheduler, ref_cfg=ref_cfg,
+                                  callback=callback)
+        else:
+            latent = sub.latent
+        images = keyframes_from_latent(sub, latent)
+        for i, j in enumerate(targets):
+            keyframes[j] = images[len(context) + i]
+        fps = sub.layout.frames_per_shot
+        latents.append(shot_latent(sub.layout, latent)[:, :, len(context) * fps:])
+    images = torch.stack([keyframes[j] for j in range(sequence.layout.num_shots)])
+    return images, torch.cat(latents, dim=2)

@@ -16,9 +16,12 @@ import comfy.model_base
 from . import role_patch
 from ..attention import per_shot_cross_attention
 from ..clean_frames import per_frame_timestep
+from ..guidance import self_attention_without_refs
 
 STORY_KEY = "dreamshot"
 SELF_ATTENTION_HOOKS_KEY = "dreamshot_self_attention"
+# Set in a model pass's transformer_options: shots are blind to the references (reference CFG).
+NO_REFS_KEY = "dreamshot_no_refs"
 
 
 def check_wan21_t2v(model, node: str | None = None) -> None:
@@ -78,6 +81,10 @@ def _attention_override(previous):
                 f"DreamShot: the model got {q.shape[1]} image tokens but the story was packed for "
                 f"{story['num_tokens']}; sample the latent that Shot Sequence Pack produced.")
         if k.shape[1] == q.shape[1]:  # self-attention (cross-attention keys never have this length)
+            if transformer_options.get(NO_REFS_KEY) and story.get("num_ref_tokens", 0) > 0:
+                def plain(qs, ks, vs, h):
+                    return func(qs, ks, vs, h, transformer_options=transformer_options, **kwargs)
+                return self_attention_without_refs(q, k, v, heads, story["num_ref_tokens"], plain)
             hook = transformer_options.get(SELF_ATTENTION_HOOKS_KEY)
             if hook is not None:
                 return hook(func, q, k, v, heads=heads, transformer_options=transformer_options, **kwargs)
@@ -101,6 +108,7 @@ def story_options(sequence) -> dict:
         "frame_segments": list(sequence.plan.frame_segments),
         "tokens_per_frame": lay.tokens_per_frame,
         "num_tokens": lay.num_tokens,
+        "num_ref_tokens": lay.num_refs * lay.tokens_per_frame,
         "num_segments": sequence.num_segments,
         "context_length": sequence.num_segments * sequence.segment_length,
     }

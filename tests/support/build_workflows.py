@@ -37,7 +37,9 @@ def _model_meta(name, folder):
 def _loaders(g: Graph):
     unet = g.add("UNETLoader", {"unet_name": DIT, "weight_dtype": "default"}, pos=(0, 0),
                  properties=_model_meta(DIT, "diffusion_models"))
-    model = g.add("LoadDreamShotModel", {"lora_name": "None", "strength": 1.0}, pos=(360, 0), model=unet)
+    model = g.add("LoadDreamShotModel", {"lora_name": "None", "strength": 1.0, "lora_2_name": "None",
+                                                "lora_2_strength": 1.0, "distill_lora_name": "None",
+                                                "distill_lora_strength": 1.0}, pos=(360, 0), model=unet)
     clip = g.add("CLIPLoader", {"clip_name": TEXT_ENCODER, "type": "wan", "device": "default"}, pos=(0, 200),
                  properties=_model_meta(TEXT_ENCODER, "text_encoders"))
     vae = g.add("VAELoader", {"vae_name": VAE}, pos=(0, 360), properties=_model_meta(VAE, "vae"))
@@ -81,7 +83,8 @@ def _pack(g, vae, clip, shots, mode, characters=None, **extra):
 
 def _sample_and_save(g, model, seq, prefix, seed=42, pos=(1440, 200), sheet_title=None):
     sampler = g.add("DreamShotSampler", {"seed": seed, "steps": 30, "cfg": 5.0, "sampler_name": "euler",
-                                         "scheduler": "simple"}, pos=pos, size=(340, 420), model=model, sequence=seq)
+                                         "scheduler": "simple", "ref_cfg": 1.0, "chunk_size": 0,
+                                         "context_shots": 0}, pos=pos, size=(340, 420), model=model, sequence=seq)
     if sheet_title is None:
         g.add("SaveImage", {"filename_prefix": f"DreamShot/{prefix}"}, pos=(pos[0] + 380, pos[1]), images=sampler)
     else:

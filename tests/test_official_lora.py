@@ -1,0 +1,158 @@
+"""The released DreamShot LoRAs (DiffSynth/PEFT key naming) and a LightX2V-style distillation LoRA
+on ComfyUI's Wan2.1: pure key conversion, then the node in real ComfyUI with synthetic files that
+have the released key names and shapes scaled to the tiny DiT (dim 256, ffn 512, 2 blocks)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dreamshot.lora_keys import comfy_key, diffsynth_to_comfy
+
+DIM, FFN, BLOCKS, RANK = 256, 512, 2, 4
+# DiffSynth's default LoRA targets "q,k,v,o,ffn.0,ffn.2" (PEFT suffix match: self_attn and cross_attn).
+TARGETS = {f"{a}.{p}": (DIM, DIM) for a in ("self_attn", "cross_attn") for p in "qkvo"}
+TARGETS.update({"ffn.0": (FFN, DIM), "ffn.2": (DIM, FFN)})   # (out, in)
+
+
+# -- pure key conversion -------------------------------------------------------------------------
+@pytest.mark.parametrize("src, want", [
+    ("blocks.3.self_attn.q.lora_A.default.weight", "diffusion_model.blocks.3.self_attn.q.lora_A.weight"),
+    ("blocks.3.self_attn.q.lora_B.default.weight", "diffusion_model.blocks.3.self_attn.q.lora_B.weight"),
+    ("blocks.0.cross_attn.o.lora_A.weight", "diffusion_model.blocks.0.cross_attn.o.lora_A.weight"),
+    ("dit.blocks.1.ffn.0.lora_B.default.weight", "diffusion_model.blocks.1.ffn.0.lora_B.weight"),
+    ("pipe.dit.blocks.1.ffn.2.lora_A.weight", "diffusion_model.blocks.1.ffn.2.lora_A.weight"),
+    ("model.blocks.0.self_attn.k.lora_down.weight", "diffusion_model.blocks.0.self_attn.k.lora_A.weight"),
+    ("diffusion_model.blocks.0.self_attn.k.lora_up.weight", "diffusion_model.blocks.0.self_attn.k.lora_B.weight"),
+    ("model.diffusion_model.blocks.0.self_attn.k.alpha", "diffusion_model.blocks.0.self_attn.k.alpha"),
+    ("diffusion_model.blocks.0.norm3.diff", "diffusion_model.blocks.0.norm3.diff"),
+    ("diffusion_model.blocks.0.self_attn.q.diff_b", "diffusion_model.blocks.0.self_attn.q.diff_b"),
+    ("head.head.lora_A.default.weight", "diffusion_model.head.head.lora_A.weight"),
+    ("text_embedding.0.lora_B.weight", "diffusion_model.text_embedding.0.lora_B.weight"),
+])
+def test_comfy_key(src, want):
+    assert comfy_key(src) == want
+
+
+@pytest.mark.parametrize("src", [
+    "blocks.0.self_attn.q.weight",                 # a full weight, not a LoRA tensor
+    "unet.down.0.lora_A.weight",                   # not a Wan module
+    "lora_unet_blocks_0_self_attn_q.lora_up.weight",  # kohya underscore names: left to ComfyUI
+    "diffusion_model.blocks.0.diff_m",
+])
+def test_unknown_keys_are_not_converted(src):
+    assert comfy_key(src) is None
+    assert diffsynth_to_comfy({src: 1}) == {src: 1}
+
+
+def test_conversion_keeps_values_and_refuses_collisions():
+    sd = {"blocks.0.self_attn.q.lora_A.default.weight": torch.ones(1), "other": torch.zeros(1)}
+    out = diffsynth_to_comfy(sd)
+    assert set(out) == {"diffusion_model.blocks.0.self_attn.q.lora_A.weight", "other"}
+    assert out["other"] is sd["other"]
+    with pytest.raises(ValueError, match="both map to"):
+        diffsynth_to_comfy({"blocks.0.ffn.0.lora_A.weight": 1, "dit.blocks.0.ffn.0.lora_A.default.weight": 2})
+
+
+# -- synthetic released-format files ---------------------------------------------------------------
+def released_lora(seed: int, rank: int = RANK) -> dict:
+    """Keys exactly as DiffSynth's export_trainable_state_dict writes them (no prefix, no alpha)."""
+    g = torch.Generator().manual_seed(seed)
+    sd = {}
+    for i in range(BLOCKS):
+        for mod, (out_f, in_f) in TARGETS.items():
+            sd[f"blocks.{i}.{mod}.lora_A.default.weight"] = torch.randn(rank, in_f, generator=g) * 0.1
+            sd[f"blocks.{i}.{mod}.lora_B.default.weight"] = torch.randn(out_f, rank, generator=g) * 0.1
+    return sd
+
+
+def distill_lora(seed: int, rank: int = 8, alpha: float = 4.0) -> dict:
+    """LightX2V-style: ComfyUI-native names, lora_up/lora_down with alpha."""
+    g = torch.Generator().manual_seed(seed)
+    sd = {}
+    for i in range(BLOCKS):
+        for mod, (out_f, in_f) in TARGETS.items():
+            key = f"diffusion_model.blocks.{i}.{mod}"
+            sd[f"{key}.lora_down.weight"] = torch.randn(rank, in_f, generator=g) * 0.1
+            sd[f"{key}.lora_up.weight"] = torch.randn(out_f, rank, generator=g) * 0.1
+            sd[f"{key}.alpha"] = torch.tensor(alpha)
+    return sd
+
+
+EXPECTED_WEIGHTS = {f"diffusion_model.blocks.{i}.{mod}.weight" for i in range(BLOCKS) for mod in TARGETS}
+
+
+@pytest.fixture(scope="module")
+def lora_dirs(comfy_headless, tmp_path_factory):
+    import folder_paths
+    import safetensors.torch
+
+    ds = tmp_path_factory.mktemp("official_dreamshot")
+    lo = tmp_path_factory.mktemp("official_loras")
+    folder_paths.add_model_folder_path("dreamshot", str(ds))
+    folder_paths.add_model_folder_path("loras", str(lo))
+    files = {"sft": released_lora(1), "rl": released_lora(2), "distill": distill_lora(3)}
+    safetensors.torch.save_file(files["sft"], str(ds / "sft_lora_model.safetensors"))
+    safetensors.torch.save_file(files["rl"], str(ds / "rl_lora_model.safetensors"))
+    safetensors.torch.save_file(files["distill"], str(lo / "lightx2v_4step_test.safetensors"))
+    bad = dict(files["sft"])
+    bad["blocks.0.self_attn.q.lora_magic.weight"] = torch.zeros(1)
+    bad["blocks.9.self_attn.q.lora_A.default.weight"] = torch.zeros(RANK, DIM)
+    bad["blocks.9.self_attn.q.lora_B.default.weight"] = torch.zeros(DIM, RANK)
+    safetensors.torch.save_file(bad, str(ds / "bad_official.safetensors"))
+    return files
+
+
+def _load(pack_nodes, model, **kw):
+    with torch.inference_mode():
+        return pack_nodes["LoadDreamShotModel"].execute(model=model, **kw).args[0]
+
+
+@pytest.mark.comfyui
+def test_released_lora_every_key_lands(pack_nodes, lora_dirs, tiny_wan_model):
+    m = _load(pack_nodes, tiny_wan_model, lora_name="sft_lora_model.safetensors", strength=1.0)
+    assert set(m.patches) == EXPECTED_WEIGHTS
+    assert not tiny_wan_model.patches
+    sd = lora_dirs["sft"]
+    for weight_key, entries in m.patches.items():
+        assert len(entries) == 1
+        strength, adapter = entries[0][0], entries[0][1]
+        bare = weight_key[len("diffusion_model."):-len(".weight")]
+        assert strength == 1.0
+        assert torch.equal(adapter.weights[0], sd[f"{bare}.lora_B.default.weight"])   # up
+        assert torch.equal(adapter.weights[1], sd[f"{bare}.lora_A.default.weight"])   # down
+        assert adapter.weights[2] is None                                            # no alpha: scale 1
+
+
+@pytest.mark.comfyui
+def test_sft_rl_and_distill_stack_in_order_with_their_strengths(pack_nodes, lora_dirs, tiny_wan_model):
+    import comfy.lora
+
+    m = _load(pack_nodes, tiny_wan_model, lora_name="sft_lora_model.safetensors", strength=1.0,
+              lora_2_name="rl_lora_model.safetensors", lora_2_strength=0.5,
+              distill_lora_name="lightx2v_4step_test.safetensors", distill_lora_strength=0.75)
+    assert set(m.patches) == EXPECTED_WEIGHTS
+    base = tiny_wan_model.model.state_dict()
+    sft, rl, dis = lora_dirs["sft"], lora_dirs["rl"], lora_dirs["distill"]
+    for weight_key, entries in m.patches.items():
+        assert [e[0] for e in entries] == [1.0, 0.5, 0.75]
+        bare = weight_key[len("diffusion_model."):-len(".weight")]
+        w = base[weight_key].float().clone()
+        merged = comfy.lora.calculate_weight(entries, w.clone(), weight_key)
+        want = (w + sft[f"{bare}.lora_B.default.weight"] @ sft[f"{bare}.lora_A.default.weight"]
+                + 0.5 * rl[f"{bare}.lora_B.default.weight"] @ rl[f"{bare}.lora_A.default.weight"]
+                + 0.75 * (4.0 / 8) * dis[f"diffusion_model.{bare}.lora_up.weight"]
+                @ dis[f"diffusion_model.{bare}.lora_down.weight"])
+        torch.testing.assert_close(merged, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.comfyui
+def test_unknown_released_keys_are_listed(pack_nodes, lora_dirs, tiny_wan_model):
+    with pytest.raises(ValueError, match=r"bad_official\.safetensors: 3 key\(s\) match no weight.*"
+                                         r"blocks\.0\.self_attn\.q\.lora_magic\.weight.*blocks\.9"):
+        _load(pack_nodes, tiny_wan_model, lora_name="bad_official.safetensors", strength=1.0)
+
+
+@pytest.mark.comfyui
+def test_no_loras_returns_the_model_itself(pack_nodes, lora_dirs, tiny_wan_model):
+    assert _load(pack_nodes, tiny_wan_model, lora_name="None", strength=1.0) is tiny_wan_model
