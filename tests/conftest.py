@@ -49,7 +49,7 @@ _CACHE_SOURCES = (TESTS / "support" / "tiny_models.py",
                   TESTS / "support" / "test_nodes_pack" / "tiny_umt5_config.json",
                   REPO / "dreamshot" / "comfy_bridge" / "random_wan.py")
 # Fixtures that need ComfyUI: a test using one of them is a `comfyui` test.
-COMFY_FIXTURES = {"comfy_root", "comfy_headless", "pack_nodes", "tiny_models_dir", "tiny_wan_model", "tiny_vae",
+COMFY_FIXTURES = {"comfy_root", "comfy_headless", "pack_nodes", "N", "pack_module", "tiny_models_dir", "tiny_wan_model", "tiny_vae",
                   "tiny_clip"}
 
 
@@ -199,3 +199,29 @@ def tiny_clip(tiny_models_dir):
     from support.tiny_models import load_tiny_umt5_clip
 
     return load_tiny_umt5_clip(tiny_models_dir / "umt5.safetensors")
+
+
+@pytest.fixture(scope="session")
+def N(pack_nodes):
+    """N.<node_id>(**inputs) runs a node's execute under inference mode, as the server does, and
+    returns its outputs."""
+    import torch
+
+    class Runner:
+        def __getattr__(self, node_id):
+            cls = pack_nodes[node_id]
+
+            def run(**kwargs):
+                with torch.inference_mode():
+                    return cls.execute(**kwargs).args
+            return run
+    return Runner()
+
+
+@pytest.fixture(scope="session")
+def pack_module(pack_nodes):
+    """pack_module("comfy_bridge.sampling"): the pack's own dreamshot module, as ComfyUI imported it."""
+    import importlib
+
+    root = pack_nodes["DreamShotSampler"].__module__.rsplit(".nodes.", 1)[0]
+    return lambda name: importlib.import_module(f"{root}.dreamshot.{name}")

@@ -5,7 +5,6 @@ test loads it with comfy.sd.load_clip and a config override)."""
 
 from __future__ import annotations
 
-import importlib
 
 import pytest
 import torch
@@ -14,27 +13,6 @@ pytestmark = pytest.mark.comfyui
 
 W = H = 64
 STEPS = 2
-
-
-@pytest.fixture(scope="module")
-def N(pack_nodes):
-    """Run a node's execute under inference mode, as the server does; return its outputs."""
-    class Runner:
-        def __getattr__(self, node_id):
-            cls = pack_nodes[node_id]
-
-            def run(**kwargs):
-                with torch.inference_mode():
-                    return cls.execute(**kwargs).args
-            return run
-    return Runner()
-
-
-@pytest.fixture(scope="module")
-def pack_module(pack_nodes):
-    """The pack's own `dreamshot` package (as ComfyUI imported it)."""
-    root = pack_nodes["DreamShotSampler"].__module__.rsplit(".nodes.", 1)[0]
-    return lambda name: importlib.import_module(f"{root}.dreamshot.{name}")
 
 
 def _image(seed, h=H, w=W):

@@ -3,7 +3,6 @@ pure pieces first, then the node inside the real ComfyUI on the tiny models."""
 
 from __future__ import annotations
 
-import importlib
 
 import pytest
 import torch
@@ -44,22 +43,8 @@ def test_shots_blind_to_refs_in_self_attention():
 
 
 @pytest.fixture(scope="module")
-def N(pack_nodes):
-    class Runner:
-        def __getattr__(self, node_id):
-            cls = pack_nodes[node_id]
-
-            def run(**kwargs):
-                with torch.inference_mode():
-                    return cls.execute(**kwargs).args
-            return run
-    return Runner()
-
-
-@pytest.fixture(scope="module")
-def sampling(pack_nodes):
-    root = pack_nodes["DreamShotSampler"].__module__.rsplit(".nodes.", 1)[0]
-    return importlib.import_module(f"{root}.dreamshot.comfy_bridge.sampling")
+def sampling(pack_module):
+    return pack_module("comfy_bridge.sampling")
 
 
 def _image(seed, h=H, w=W):
