@@ -86,6 +86,7 @@ class ClipScorer:
     def __init__(self, model_dir, *, device: str = "cpu", batch_size: int = 16, input_name: str = "clip_model"):
         folder = _check_folder(Path(model_dir).expanduser(), input_name)
         try:
+            from safetensors import SafetensorError
             from transformers import CLIPModel, CLIPProcessor
         except ImportError as e:   # a ComfyUI requirement, so this only happens outside ComfyUI
             raise DreamShotInputError(input_name, f"transformers is not installed ({e}).",
@@ -94,7 +95,7 @@ class ClipScorer:
             with hub_offline():
                 self.model = CLIPModel.from_pretrained(str(folder), local_files_only=True, use_safetensors=True)
                 self.processor = CLIPProcessor.from_pretrained(str(folder), local_files_only=True)
-        except (OSError, ValueError, KeyError) as e:
+        except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:
             raise DreamShotInputError(input_name, f"cannot load a CLIP model from '{folder}' ({e}).",
                                       CLIP_HELP + ".") from e
         self.model.eval().to(device)

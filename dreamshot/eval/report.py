@@ -69,9 +69,9 @@ def run_row(rows: Sequence[dict], run: dict[str, str]) -> dict:
     return out
 
 
-def _cell(key: str, value, empty: str) -> str:
+def _cell(key: str, value, empty: str, digits: int | None = None) -> str:
     if isinstance(value, float):
-        return empty if math.isnan(value) else f"{value:.{FLOAT_DIGITS.get(key, 3)}f}"
+        return empty if math.isnan(value) else f"{value:.{digits or FLOAT_DIGITS.get(key, 3)}f}"
     return str(value)
 
 
@@ -80,7 +80,7 @@ def to_csv(rows: Sequence[dict], columns: Sequence[str]) -> str:
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(columns)
     for r in rows:
-        w.writerow([_cell(k, r.get(k, ""), "") for k in columns])
+        w.writerow([_cell(k, r.get(k, ""), "", digits=6) for k in columns])   # full precision for analysis
     return buf.getvalue()
 
 
