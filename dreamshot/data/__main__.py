@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     except DreamShotInputError as e:
         log.error("%s", e)
         return 2
-    log.info("dreamshot.data: %d sequence(s) written this run; totals for %s:", summary.sequences_written, args.out)
+    log.info("dreamshot.data: %d sequence(s) written this run, %d kept from an earlier run (resumed); totals "
+             "for %s:", summary.sequences_written, summary.sequences_resumed, args.out)
     for line in summary.lines():
         log.info("  %s", line)
     log.info("details: %s", Path(args.out) / "summary.json")

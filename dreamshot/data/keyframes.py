@@ -48,7 +48,7 @@ def pick_keyframe(shot: Shot, frames: dict[int, np.ndarray], centre_weight: floa
     def score(i: int) -> float:
         return sharpness(frames[i]) * (1.0 - centre_weight * abs(i - centre) / half)
 
-    return max(sorted(frames), key=score)
+    return max(sorted(frames), key=lambda i: (score(i), -abs(i - centre)))  # ties (e.g. flat frames): central
 
 
 def is_black(rgb: np.ndarray, threshold: float = 0.1) -> bool:

@@ -84,7 +84,8 @@ class Summary:
     """Counts over every video of the output folder, by what was kept and why the rest was dropped."""
 
     counts: dict[str, Counter] = field(default_factory=dict)
-    sequences_written: int = 0
+    sequences_written: int = 0   # this run
+    sequences_resumed: int = 0   # found finished from an earlier run
 
     def add(self, group: str, key: str, n: int = 1) -> None:
         if n:
@@ -406,7 +407,9 @@ def build_dataset(videos: str | Path, out: str | Path, config: DataConfig | None
         written = []
         for p in tqdm(plans, desc=f"sequences {rel[-30:]}", unit="seq", leave=False, disable=not progress):
             record = writer.sequence_record(p.seq_id)
-            if record is None:
+            if record is not None:
+                summary.sequences_resumed += 1
+            else:
                 record = pipe.write(writer, key, rel, p, pool, ref_frames, stats)
                 if record is None:
                     continue
@@ -420,6 +423,7 @@ def build_dataset(videos: str | Path, out: str | Path, config: DataConfig | None
         summary.add("videos", "processed")
         summary.merge(plain)
     total = writer.rebuild_manifest(keys)
-    writer.write_summary({"sequences_in_manifest": total, "sequences_written_this_run": summary.sequences_written,
-                          **summary.as_dict()})
+    writer.write_summary({"sequences_in_manifest": total, "this_run": {
+        "sequences_written": summary.sequences_written, "sequences_resumed": summary.sequences_resumed,
+        "videos_resumed": summary.counts.get("videos", {}).get("resumed", 0)}, **summary.as_dict()})
     return summary

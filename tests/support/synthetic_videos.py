@@ -101,7 +101,7 @@ class SlowShapeAnalyzer(ShapeAnalyzer):
     """ShapeAnalyzer that takes its time, so a test can kill the CLI mid-run."""
 
     def detect(self, image):
-        time.sleep(0.15)
+        time.sleep(0.1)
         return super().detect(image)
 
 
