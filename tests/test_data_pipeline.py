@@ -25,6 +25,8 @@ from dreamshot.shapes import SHAPE_CAST, ShapeAnalyzer, classify_region
 from dreamshot.train.dataset import read_manifest
 from support.synthetic_videos import ShotSpec, saturation_onnx, write_video
 
+pytest.importorskip("av", reason="pip install -r tests/requirements-ci.txt")
+pytest.importorskip("scenedetect", reason="pip install -r tests/requirements-ci.txt")
 REPO = Path(__file__).resolve().parents[1]
 INDEX = {c.id: i for i, c in enumerate(SHAPE_CAST)}
 
@@ -161,6 +163,7 @@ def test_shot_masks_cover_their_characters(dataset):
 def test_onnx_segmenter_masks_are_tight(videos, tmp_path):
     from dreamshot.data.masks import load_segmenter
 
+    pytest.importorskip("onnx", reason="pip install -r tests/requirements-ci.txt")
     root, truth = videos
     onnx_file = saturation_onnx(tmp_path / "saturation.onnx")
     seg = load_segmenter(onnx_file)

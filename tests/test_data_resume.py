@@ -24,6 +24,8 @@ from dreamshot.shapes import ShapeAnalyzer
 from dreamshot.train.dataset import read_manifest
 from support.synthetic_videos import ShotSpec, write_video
 
+pytest.importorskip("av", reason="pip install -r tests/requirements-ci.txt")
+pytest.importorskip("scenedetect", reason="pip install -r tests/requirements-ci.txt")
 REPO = Path(__file__).resolve().parents[1]
 CASTS = [("ruby", "moss"), ("ruby",), ("moss", "cobalt"), ("cobalt",), ("ruby", "cobalt"), ("amber", "moss"),
          ("moss",), ("ruby", "amber")]

@@ -99,6 +99,8 @@ def test_torch_segmenter_from_safetensors(tmp_path):
 
 
 def test_onnx_segmenter_runs_through_onnxruntime(tmp_path):
+    pytest.importorskip("onnx", reason="pip install -r tests/requirements-ci.txt")
+    pytest.importorskip("onnxruntime", reason="pip install -r tests/requirements-ci.txt")
     seg = load_segmenter(saturation_onnx(tmp_path / "s.onnx"))
     image, (m,) = render_scene(96, 64, [(SHAPE_CAST[3], (20, 10, 60, 50))])
     out = seg(image)
