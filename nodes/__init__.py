@@ -1,6 +1,7 @@
 """DreamShot's ComfyUI nodes (V3). Each node is thin: it converts ComfyUI types and calls dreamshot/."""
 
 from .loaders import LoadDreamShotModel, register_model_folder
+from .metrics import StoryMetrics
 from .pack import ShotSequencePack
 from .racl import RACLAttentionPatch
 from .sampler import DreamShotSampler
@@ -8,6 +9,6 @@ from .sheet import StoryboardSheet
 from .story_nodes import CharacterReference, ShotScript
 
 NODES = [LoadDreamShotModel, CharacterReference, ShotScript, ShotSequencePack, DreamShotSampler, RACLAttentionPatch,
-         StoryboardSheet]
+         StoryboardSheet, StoryMetrics]
 
 __all__ = ["NODES", "register_model_folder"]
