@@ -23,7 +23,7 @@ from .captions import Captioner, load_sidecar
 from .cuts import DETECTORS, Shot, detect_shots
 from .identities import ShotPairer, choose_references, cluster_faces, pair_with_references
 from .masks import Segmenter, body_box, character_mask
-from .video import VideoError, find_videos, read_frames
+from .video import VideoError, find_videos, iter_frames
 from .writer import DatasetWriter, video_key
 
 log = logging.getLogger("DreamShot.data")
@@ -156,21 +156,28 @@ class Pipeline:
             else:
                 long_enough.append(s)
         candidates = {s.index: kf.candidate_frames(s, cfg.keyframe_candidates) for s in long_enough}
-        frames = read_frames(video, {i for c in candidates.values() for i in c})
-        if not frames:
-            return shots, [], (0, 0)
-        src_h, src_w = next(iter(frames.values())).shape[:2]
-        fit = kf.Fit.cover(src_w, src_h, cfg.width, cfg.height)
+        owner = {i: s for s in long_enough for i in candidates[s.index]}
         sidecar = load_sidecar(video)
         pool: list[ShotData] = []
+        size = (0, 0)
+        fit = None
         previous = None
-        for s in long_enough:
-            got = {i: frames[i] for i in candidates[s.index] if i in frames}
-            if not got:
-                stats["shots"]["undecodable"] += 1
+        got: dict[int, np.ndarray] = {}
+        decoded: set[int] = set()
+        # Frames stream in order; a shot is handled as soon as its last candidate arrives, so only
+        # one shot's candidates are ever held at full resolution.
+        for i, rgb in iter_frames(video, owner):
+            s = owner[i]
+            got[i] = rgb
+            if i != candidates[s.index][-1]:
                 continue
-            key = kf.pick_keyframe(s, got)
-            rgb = check_rgb(got[key], "video frame")
+            frames, got = got, {}
+            decoded.add(s.index)
+            if fit is None:
+                size = (rgb.shape[1], rgb.shape[0])
+                fit = kf.Fit.cover(size[0], size[1], cfg.width, cfg.height)
+            key = kf.pick_keyframe(s, frames)
+            rgb = check_rgb(frames[key], "video frame")
             if kf.is_black(rgb, cfg.black_threshold):
                 stats["shots"]["black"] += 1
                 continue
@@ -189,7 +196,8 @@ class Pipeline:
                                                  "start_s": s.start_s, "end_s": s.end_s})
             caption = caption.strip() if isinstance(caption, str) else None
             pool.append(ShotData(s, key, image, [(f, fit.box(f.box)) for f in faces], caption or None))
-        return shots, pool, (src_w, src_h)
+        stats["shots"]["undecodable"] += len(long_enough) - len(decoded)
+        return shots, pool, size
 
     def windows(self, pool: list[ShotData], stats: dict[str, Counter]) -> list[list[int]]:
         """Sequences as positions in ``pool``: S consecutive shots that have captions (or may go without)."""
@@ -240,16 +248,25 @@ class Pipeline:
             paired.append(found)
         return Plan(seq_id, shots, references, paired)
 
+    def reference_crops(self, video: Path, pool: list[ShotData], plans: list[Plan]) -> dict[tuple, np.ndarray]:
+        """The references' body crops from the full-resolution frames, keyed (frame, face box);
+        decoded in one pass, keeping crops rather than whole frames."""
+        needed: dict[int, list[Face]] = {}
+        for p in plans:
+            for pos, face, _ in p.references:
+                needed.setdefault(pool[pos].keyframe, []).append(face)
+        return {(i, face.box): _reference_crop(rgb, face, self.cfg)
+                for i, rgb in iter_frames(video, needed) for face in needed[i]}
+
     def write(self, writer: DatasetWriter, key: str, rel: str, plan: Plan, pool: list[ShotData],
-              ref_frames: dict[int, np.ndarray], stats: dict[str, Counter]) -> dict | None:
+              ref_crops: dict[tuple, np.ndarray], stats: dict[str, Counter]) -> dict | None:
         cfg = self.cfg
         folder = f"{key}/{plan.seq_id}"
         n_chars = len(plan.references)
         ref_images: dict[int, np.ndarray] = {}
         ref_prov: dict[int, dict] = {}
         for c, (pos, face, where) in enumerate(plan.references):
-            frame = ref_frames[pool[pos].keyframe]
-            ref_images[c] = _reference_crop(frame, face, cfg)
+            ref_images[c] = ref_crops[(pool[pos].keyframe, face.box)]
             ref_prov[c] = {"video_frame": pool[pos].keyframe, "shot": pool[pos].shot.index, "from": where,
                            "box": [round(x, 1) for x in face.box]}
         # the hook for characters without faces (e.g. a VLM) sees the references by id
@@ -399,7 +416,7 @@ def build_dataset(videos: str | Path, out: str | Path, config: DataConfig | None
                 plans.append(p)
         todo = [p for p in plans if writer.sequence_record(p.seq_id) is None]
         try:
-            ref_frames = read_frames(video, {pool[pos].keyframe for p in todo for pos, _, _ in p.references})
+            ref_crops = pipe.reference_crops(video, pool, todo)
         except VideoError as e:
             log.warning("skipping %s: %s", rel, e)
             summary.add("videos", "unreadable")
@@ -410,15 +427,17 @@ def build_dataset(videos: str | Path, out: str | Path, config: DataConfig | None
             if record is not None:
                 summary.sequences_resumed += 1
             else:
-                record = pipe.write(writer, key, rel, p, pool, ref_frames, stats)
+                record = pipe.write(writer, key, rel, p, pool, ref_crops, stats)
                 if record is None:
                     continue
                 summary.sequences_written += 1
             _record_stats(record, stats)
             written.append(p.seq_id)
-        plain = {g: dict(c) for g, c in stats.items() if c}
+        plain = {g: {k: n for k, n in sorted(c.items()) if n} for g, c in stats.items()}
+        plain = {g: c for g, c in plain.items() if c}
         writer.finish_video(key, {"video": rel, "stats": plain, "sequences": written,
-                                  "shots": [{"index": s.index, "frames": [s.start, s.end]} for s in shots]})
+                                  "shots": [{"index": s.index, "frames": [s.start, s.end],
+                                             "seconds": [round(s.start_s, 3), round(s.end_s, 3)]} for s in shots]})
         writer.rebuild_manifest(keys)
         summary.add("videos", "processed")
         summary.merge(plain)

@@ -47,14 +47,14 @@ def probe(path: Path) -> VideoInfo:
         raise VideoError(f"{path}: {e}") from e
 
 
-def read_frames(path: Path, wanted) -> dict[int, np.ndarray]:
-    """The frames with the given indices, as RGB uint8 HxWx3 (decodes once, stops after the last)."""
+def iter_frames(path: Path, wanted):
+    """Yield (index, RGB uint8 HxWx3) for the wanted frame indices, in order, decoding once and
+    stopping after the last, so a caller can keep only what it still needs."""
     import av
 
     wanted = set(int(i) for i in wanted)
-    out: dict[int, np.ndarray] = {}
     if not wanted:
-        return out
+        return
     last = max(wanted)
     try:
         with av.open(str(path)) as container:
@@ -62,9 +62,13 @@ def read_frames(path: Path, wanted) -> dict[int, np.ndarray]:
             stream.thread_type = "AUTO"
             for i, frame in enumerate(container.decode(stream)):
                 if i in wanted:
-                    out[i] = frame.to_ndarray(format="rgb24")
+                    yield i, frame.to_ndarray(format="rgb24")
                 if i >= last:
                     break
     except av.FFmpegError as e:
         raise VideoError(f"{path}: {e}") from e
-    return out
+
+
+def read_frames(path: Path, wanted) -> dict[int, np.ndarray]:
+    """The frames with the given indices (all held in memory: for a few frames only)."""
+    return dict(iter_frames(path, wanted))
