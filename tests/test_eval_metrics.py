@@ -190,3 +190,14 @@ def test_reference_without_a_face_is_a_clear_error():
 def test_wrong_number_of_images_is_refused():
     with pytest.raises(DreamShotInputError, match="3 image\\(s\\) for 4 shot"):
         measure_story(two_character_story(), shots(*GOOD)[:3], ShapeAnalyzer())
+
+
+def test_boxes_for_only_some_characters_fall_back_to_identity_pairing():
+    story = two_character_story()
+    partial = StoryToMeasure(story.id, story.names, story.references, story.prompts, story.shot_characters,
+                             ({}, {}, {0: (0, 0, 0.5, 1)}, {}))
+    swapped_both = shots(*GOOD[:2], [(MOSS, LEFT), (RUBY, RIGHT)], GOOD[3])
+    m = measure_story(partial, swapped_both, ShapeAnalyzer()).identity
+    assert (m.found, m.confused) == (5, 0)       # paired by identity: the swap of places is not seen
+    full = measure_story(two_character_story(boxes=True), swapped_both, ShapeAnalyzer()).identity
+    assert full.confused == 2

@@ -116,7 +116,7 @@ def measure_story(story: StoryToMeasure, shots: Sequence[np.ndarray | None], ana
         else:
             boxes = story.shot_boxes[j] if j < len(story.shot_boxes) else {}
             regions = None
-            if boxes and image is not None:
+            if boxes and image is not None and all(c in boxes for c in expected):   # position needs all boxes
                 h, w = image.shape[:2]
                 regions = {c: _pixel_box(boxes[c], w, h) for c in expected}
             emb = np.stack([f.embedding for f in faces]) if faces else np.zeros((0, refs.shape[1]), np.float32)
