@@ -268,3 +268,16 @@ def test_changed_settings_refuse_to_resume(tmp_path):
     with pytest.raises(DreamShotInputError, match="width"):
         build_dataset(root, tmp_path / "o", config(missing_caption="empty", width=64), faces=ShapeAnalyzer(),
                       progress=False)
+
+
+def test_sequences_without_characters_when_allowed(tmp_path):
+    root = tmp_path / "v"
+    write_video(root / "empty.mp4", [ShotSpec(12, (), 21), ShotSpec(12, (), 22)])
+    summary = build_dataset(root, tmp_path / "o", config(shots=2, missing_caption="empty"), faces=ShapeAnalyzer(),
+                            progress=False)
+    assert summary.counts["sequences"] == {"too_few_characters": 1}
+    summary = build_dataset(root, tmp_path / "o0", config(shots=2, missing_caption="empty", min_characters=0),
+                            faces=ShapeAnalyzer(), progress=False)
+    assert summary.counts["sequences"] == {"kept": 1}
+    (seq,) = read_manifest(tmp_path / "o0")
+    assert seq.characters == () and all(s.characters == () for s in seq.shots)

@@ -71,6 +71,9 @@ class DataConfig:
                 bad(name, f"{v} is not a multiple of 16 (at least 16).", "use the training size, e.g. 640x352.")
         if self.detector not in DETECTORS:
             bad("detector", f"unknown shot detector {self.detector!r}.", f"use one of {', '.join(DETECTORS)}.")
+        if self.min_characters < 0:
+            bad("min_characters", f"{self.min_characters} is negative.", "use 0 (keep sequences without characters) "
+                "or more.")
         if self.missing_caption not in MISSING_CAPTION:
             bad("missing_caption", f"{self.missing_caption!r}.", "use drop or empty.")
         for name in ("identity_similarity", "reference_similarity", "pair_similarity"):
@@ -225,6 +228,8 @@ class Pipeline:
         if len(identities) < cfg.min_characters:
             stats["sequences"]["too_few_characters"] += 1
             return None
+        if not identities:  # allowed with min_characters 0: a sequence for text-to-shot training
+            return Plan(seq_id, shots, [], [{} for _ in shots])
         outside = [(p, f) for p, sd in enumerate(pool) if p not in window for f, _ in sd.faces]
         chosen = choose_references(np.stack([i.centroid for i in identities]),
                                    np.stack([f.embedding for _, f in outside]) if outside else np.zeros((0, 1)),
