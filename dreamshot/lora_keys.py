@@ -48,6 +48,9 @@ SUFFIX_MAP = (
     (".alpha", ".alpha"),
     (".diff_b", ".diff_b"),
     (".diff", ".diff"),
+    # Kijai/LightX2V extractions store the change of a block's modulation table as
+    # "blocks.N.diff_m" (a parameter, not a module): it is blocks.N.modulation's diff.
+    (".diff_m", ".modulation.diff"),
 )
 
 

@@ -86,12 +86,16 @@ class StoryPlan:
     shot_characters: list[tuple[int, ...]]  # per shot: indices into characters
     mode: Mode
     shot_regions: list[dict[int, object]] = field(default_factory=list)  # per shot: character -> mask/box
+    # Latent frames one sampling pass may hold; checked per pass by the sampler when the story is
+    # generated in chunks (see plan_story's check_budget).
+    max_latent_frames: int = DEFAULT_MAX_LATENT_FRAMES
 
 
 def plan_story(characters: Sequence[Character], shots: Sequence[Shot], width: int, height: int,
                repeat: int = 4, mode: Mode | str = Mode.REFERENCE_TO_SHOT,
                keyframes: torch.Tensor | None = None, lock_shots: Sequence[int] = (),
-               fit: str = "pad_white", max_latent_frames: int = DEFAULT_MAX_LATENT_FRAMES) -> StoryPlan:
+               fit: str = "pad_white", max_latent_frames: int = DEFAULT_MAX_LATENT_FRAMES,
+               check_budget: bool = True) -> StoryPlan:
     """Check the story and decide its layout.
 
     Args:
@@ -104,6 +108,8 @@ def plan_story(characters: Sequence[Character], shots: Sequence[Shot], width: in
         lock_shots: 0-based shots kept from ``keyframes`` (overrides a shot's own image).
         fit: how images of another size are fitted (pad_white, crop, stretch, error).
         max_latent_frames: refuse longer packs.
+        check_budget: False leaves the max_latent_frames check to the sampler, which knows whether
+            the story is generated in one pass or in chunks (each chunk is then checked).
     """
     mode = Mode.parse(mode)
     check_resolution(width, height)
@@ -164,7 +170,8 @@ def plan_story(characters: Sequence[Character], shots: Sequence[Shot], width: in
     shot_images = [img if keep else None for img, keep in zip(shot_images, clean)]
     layout = StoryLayout(num_refs=len(ref_images), num_shots=len(shots), width=width, height=height,
                          repeat=repeat, ref_characters=tuple(ref_characters), clean_shots=clean)
-    layout.check_frame_budget(max_latent_frames)
+    if check_budget:
+        layout.check_frame_budget(max_latent_frames)
 
     prompts = [s.prompt for s in shots]
     caption_segment: dict[int, int] = {}
@@ -182,7 +189,8 @@ def plan_story(characters: Sequence[Character], shots: Sequence[Shot], width: in
     return StoryPlan(layout=layout, characters=characters, shots=shots, ref_images=ref_images,
                      ref_masks=ref_masks, shot_images=shot_images, prompts=prompts,
                      frame_segments=frame_segments, shot_characters=shot_characters, mode=mode,
-                     shot_regions=shot_regions if mode.uses_references else [{} for _ in shots])
+                     shot_regions=shot_regions if mode.uses_references else [{} for _ in shots],
+                     max_latent_frames=max_latent_frames)
 
 
 def _shot_regions(j: int, shot: Shot, names: list[str], width: int, height: int) -> dict[int, object]:

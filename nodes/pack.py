@@ -73,7 +73,8 @@ class ShotSequencePack(io.ComfyNode):
                                tooltip="How images of another size are fitted: pad_white keeps the aspect ratio "
                                        "(as the official code does for references), crop, stretch, or error."),
                 io.Int.Input("max_latent_frames", default=DEFAULT_MAX_LATENT_FRAMES, min=1, max=512,
-                             tooltip="Refuse packs longer than this (references + shots x T/4). Wan2.1 was "
+                             tooltip="Latent frames one sampling pass may hold (references + shots x T/4); the "
+                                     "sampler checks every pass, so a long story with chunk_size fits. Wan2.1 was "
                                      "trained on 21 latent frames (81 video frames)."),
                 Characters.Input("characters", optional=True,
                                  tooltip="The chained Character References (not used in text_to_shot)."),
@@ -98,6 +99,7 @@ class ShotSequencePack(io.ComfyNode):
                                           "load umt5-xxl with Load CLIP (type wan).")
             lock = parse_shot_list(lock_shots or "", len(shots or ()))
             plan = plan_story(characters or (), shots or (), width, height, repeat=repeat, mode=mode,
-                              keyframes=keyframes, lock_shots=lock, fit=fit, max_latent_frames=max_latent_frames)
+                              keyframes=keyframes, lock_shots=lock, fit=fit, max_latent_frames=max_latent_frames,
+                              check_budget=False)
             sequence = encode_story(plan, vae, clip_text_encoder(clip), negative_prompt)
             return io.NodeOutput(sequence)

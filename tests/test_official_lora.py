@@ -29,6 +29,8 @@ TARGETS.update({"ffn.0": (FFN, DIM), "ffn.2": (DIM, FFN)})   # (out, in)
     ("diffusion_model.blocks.0.self_attn.q.diff_b", "diffusion_model.blocks.0.self_attn.q.diff_b"),
     ("head.head.lora_A.default.weight", "diffusion_model.head.head.lora_A.weight"),
     ("text_embedding.0.lora_B.weight", "diffusion_model.text_embedding.0.lora_B.weight"),
+    ("diffusion_model.blocks.0.diff_m", "diffusion_model.blocks.0.modulation.diff"),
+    ("head.modulation.diff", "diffusion_model.head.modulation.diff"),
 ])
 def test_comfy_key(src, want):
     assert comfy_key(src) == want
@@ -38,7 +40,7 @@ def test_comfy_key(src, want):
     "blocks.0.self_attn.q.weight",                 # a full weight, not a LoRA tensor
     "unet.down.0.lora_A.weight",                   # not a Wan module
     "lora_unet_blocks_0_self_attn_q.lora_up.weight",  # kohya underscore names: left to ComfyUI
-    "diffusion_model.blocks.0.diff_m",
+    "diffusion_model.diff_m",                      # a modulation diff of no block
 ])
 def test_unknown_keys_are_not_converted(src):
     assert comfy_key(src) is None
@@ -156,3 +158,48 @@ def test_unknown_released_keys_are_listed(pack_nodes, lora_dirs, tiny_wan_model)
 @pytest.mark.comfyui
 def test_no_loras_returns_the_model_itself(pack_nodes, lora_dirs, tiny_wan_model):
     assert _load(pack_nodes, tiny_wan_model, lora_name="None", strength=1.0) is tiny_wan_model
+
+
+@pytest.mark.comfyui
+def test_distill_diffs_land_on_norms_biases_and_modulation(comfy_headless, tiny_wan_model, tmp_path):
+    """Kijai/LightX2V-style extractions also carry full diffs: norm weights (.diff), biases (.diff_b) and
+    each block's modulation table (blocks.N.diff_m). ComfyUI's stock loader logs diff_m as "not loaded"
+    and its ModelPatcher never changes bare parameters; here every one of them must change the model."""
+    import safetensors.torch
+
+    from dreamshot.comfy_bridge.lora import apply_lora
+
+    base = {k: v.clone() for k, v in tiny_wan_model.model.state_dict().items()}
+    g = torch.Generator().manual_seed(7)
+    sd = {}
+    for i in range(BLOCKS):
+        sd[f"diffusion_model.blocks.{i}.diff_m"] = torch.randn(base[f"diffusion_model.blocks.{i}.modulation"].shape,
+                                                              generator=g)
+        sd[f"diffusion_model.blocks.{i}.norm3.diff"] = torch.randn(DIM, generator=g)
+        sd[f"diffusion_model.blocks.{i}.self_attn.q.diff_b"] = torch.randn(DIM, generator=g)
+    sd["diffusion_model.head.modulation.diff"] = torch.randn(base["diffusion_model.head.modulation"].shape, generator=g)
+    path = tmp_path / "distill_with_diffs.safetensors"
+    safetensors.torch.save_file(sd, str(path))
+
+    m = apply_lora(tiny_wan_model, str(path), 0.5, "distill")
+    m2 = apply_lora(m, str(path), 1.0, "again")     # stacking: diffs add up on bare parameters too
+    m2.patch_model(device_to=torch.device("cpu"))
+    try:
+        after = {k: v.clone() for k, v in m2.model.state_dict().items()}
+    finally:
+        m2.unpatch_model()
+    want = {}
+    for i in range(BLOCKS):
+        want[f"diffusion_model.blocks.{i}.modulation"] = sd[f"diffusion_model.blocks.{i}.diff_m"]
+        want[f"diffusion_model.blocks.{i}.norm3.weight"] = sd[f"diffusion_model.blocks.{i}.norm3.diff"]
+        want[f"diffusion_model.blocks.{i}.self_attn.q.bias"] = sd[f"diffusion_model.blocks.{i}.self_attn.q.diff_b"]
+    want["diffusion_model.head.modulation"] = sd["diffusion_model.head.modulation.diff"]
+    for key, diff in want.items():
+        torch.testing.assert_close(after[key].float(), base[key].float() + 1.5 * diff, rtol=1e-5, atol=1e-5,
+                                   msg=key)
+    untouched = [k for k in base if k not in want and not torch.equal(after[k], base[k])]
+    assert untouched == []
+    # The input models are not changed.
+    assert not tiny_wan_model.object_patches and not tiny_wan_model.patches
+    restored = tiny_wan_model.model.state_dict()
+    assert torch.equal(restored["diffusion_model.blocks.0.modulation"], base["diffusion_model.blocks.0.modulation"])

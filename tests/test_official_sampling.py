@@ -58,13 +58,13 @@ def cast(N):
     return chars
 
 
-def _story(N, vae, clip, cast, shots_spec, mode="reference_to_shot"):
+def _story(N, vae, clip, cast, shots_spec, mode="reference_to_shot", max_latent_frames=21):
     shots = None
     for prompt, who in shots_spec:
         (shots,) = N.DreamShotShotScript(prompt=prompt, characters=who, shots=shots)
     return N.DreamShotShotSequencePack(vae=vae, clip=clip, shots=shots, width=W, height=H, mode=mode,
                                        negative_prompt="blurry", repeat=4, fit="pad_white",
-                                       max_latent_frames=21, characters=cast)[0]
+                                       max_latent_frames=max_latent_frames, characters=cast)[0]
 
 
 THREE = [("Mira and Theo at a bus stop", "Mira, Theo"), ("Mira alone in the rain", "Mira"),
@@ -205,3 +205,26 @@ def test_sampler_node_chunk_inputs(N, tiny_wan_model, r2s):
     chunked, lat = _run(N, m, r2s, chunk_size=2, context_shots=1, ref_cfg=1.5)
     assert chunked.shape == (3, H, W, 3) and lat["samples"].shape == (1, 16, 3, H // 8, W // 8)
     assert len(calls) == 2 * 2 * STEPS   # two chunks, each with the reference pass
+
+
+@pytest.mark.comfyui
+def test_max_latent_frames_is_checked_per_pass(N, sampling, tiny_wan_model, cast, tiny_vae, tiny_clip):
+    """A long story packs fine; the sampler refuses a pass over the limit before sampling anything,
+    and the same story in chunks (each pass under the limit) runs."""
+    seq = _story(N, tiny_vae, tiny_clip, cast, FIVE, max_latent_frames=4)   # 2 refs + 5 shots = 7 frames
+    m, calls = _counted(tiny_wan_model)
+    with pytest.raises(ValueError) as e:
+        N.DreamShotSampler(model=m, sequence=seq, seed=1, steps=STEPS, cfg=1.0, sampler_name="euler",
+                           scheduler="simple")
+    text = str(e.value)
+    assert text.startswith("DreamShot Sampler: input 'chunk_size': the whole story is one pass of 7 latent frames")
+    assert "set chunk_size" in text and calls == []
+    with pytest.raises(ValueError, match=r"pass 1 \(shots 1-2, 0 context shot\(s\)\) is 4 latent frames.*"
+                                         r"more than the pack's max_latent_frames 3"):
+        sampling.sample_long_story(m, _story(N, tiny_vae, tiny_clip, cast, FIVE, max_latent_frames=3), 1, STEPS,
+                                   1.0, "euler", "simple", chunk_size=2, context_shots=1)
+    assert calls == []
+    with torch.inference_mode():   # passes of 2 refs + 2 shots, 1 ref + 3 shots, 0 refs + 2 shots: all <= 4
+        images, _ = N.DreamShotSampler(model=m, sequence=seq, seed=1, steps=STEPS, cfg=1.0, sampler_name="euler",
+                                       scheduler="simple", chunk_size=2, context_shots=1)
+    assert images.shape[0] == 5 and len(calls) == 3 * STEPS

@@ -14,6 +14,7 @@ import comfy.lora_convert
 import comfy.sd
 import safetensors
 import safetensors.torch
+import torch
 
 from ..errors import DreamShotInputError
 from ..lora_keys import diffsynth_to_comfy, lora_modules
@@ -87,12 +88,36 @@ def _adapter_shape(adapter):
     return None
 
 
+def _is_module_weight(key: str) -> bool:
+    """ModelPatcher patches only modules' ``weight``/``bias``; other parameters (Wan's
+    ``blocks.N.modulation``, ``head.modulation``) it accepts and then silently never changes."""
+    return key.rsplit(".", 1)[-1] in ("weight", "bias")
+
+
+def _patch_parameters(m, patches: dict, strength: float) -> list[str]:
+    """Apply diffs to bare parameters as object patches: current value + strength * diff."""
+    done = []
+    for key, adapter in patches.items():
+        if not (isinstance(adapter, tuple) and adapter[0] == "diff"):
+            raise DreamShotInputError("lora_name", f"{key} is a bare parameter and only a full diff can change it, "
+                                      f"not a {getattr(adapter, 'name', adapter[0] if isinstance(adapter, tuple) else adapter)}.",
+                                      "use a LoRA whose modulation changes are stored as .diff / diff_m.")
+        current = m.get_model_object(key)
+        diff = adapter[1][0].to(device=current.device, dtype=torch.float32)
+        value = (current.detach().float() + strength * diff.reshape(current.shape)).to(current.dtype)
+        m.add_object_patch(key, torch.nn.Parameter(value, requires_grad=False))
+        done.append(key)
+    return done
+
+
 def apply_lora(model, path: str, strength: float, name: str | None = None):
     """A clone of ``model`` with the LoRA at ``path`` patched in at ``strength``."""
     lora, metadata = read_lora(path)
     patches = check_lora_fits(model, lora, name or path)
     m = model.clone()
-    applied = m.add_patches(patches, strength)
+    bare = {k: v for k, v in patches.items() if not _is_module_weight(k if isinstance(k, str) else k[0])}
+    applied = m.add_patches({k: v for k, v in patches.items() if k not in bare}, strength)
+    applied = list(applied) + _patch_parameters(m, bare, strength)
     log.info("DreamShot LoRA %s: %d weights patched at strength %.2f%s", name or path, len(applied), strength,
              f" (base model: {metadata['dreamshot.base_model']})" if "dreamshot.base_model" in metadata else "")
     return m

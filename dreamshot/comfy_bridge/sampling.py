@@ -19,6 +19,7 @@ import latent_preview
 import torch
 
 from ..attention import pad_segments
+from ..errors import DreamShotInputError
 from ..guidance import two_scale_guidance
 from ..modes import Mode
 from ..packing import decode_keyframes, pack_latent, shot_latent
@@ -129,6 +130,38 @@ def plan_chunks(num_shots: int, chunk_size: int, context_shots: int) -> list[tup
     return chunks
 
 
+def pass_frame_counts(plan, chunks) -> list[int]:
+    """Latent frames of each sampling pass: the chunk's references (its characters' images) + shots."""
+    lay = plan.layout
+    if len(chunks) == 1:
+        return [lay.num_latent_frames]
+    counts = []
+    for context, targets in chunks:
+        cast = {c for j in targets for c in plan.shot_characters[j]} if plan.mode.uses_references else set()
+        refs = sum(1 for rc in lay.ref_characters if rc in cast)
+        counts.append(refs + (len(context) + len(targets)) * lay.frames_per_shot)
+    return counts
+
+
+def check_pass_budget(plan, chunks) -> None:
+    """Refuse a pass longer than the pack's max_latent_frames, before anything is sampled."""
+    limit = plan.max_latent_frames
+    for n, ((context, targets), frames) in enumerate(zip(chunks, pass_frame_counts(plan, chunks))):
+        if frames <= limit:
+            continue
+        if len(chunks) == 1:
+            raise DreamShotInputError(
+                "chunk_size", f"the whole story is one pass of {frames} latent frames ({plan.layout.num_refs} "
+                f"reference frame(s) + {plan.layout.num_shots} shot(s) x {plan.layout.frames_per_shot}), more than "
+                f"the pack's max_latent_frames {limit} (Wan2.1 was trained on 21).",
+                "set chunk_size (the official runner uses 6) to generate the story in passes, or raise "
+                "max_latent_frames on Shot Sequence Pack if you accept the quality and memory cost.")
+        raise DreamShotInputError(
+            "chunk_size", f"pass {n + 1} (shots {targets[0] + 1}-{targets[-1] + 1}, {len(context)} context shot(s)) "
+            f"is {frames} latent frames with its references, more than the pack's max_latent_frames {limit}.",
+            "lower chunk_size or context_shots, or raise max_latent_frames on Shot Sequence Pack.")
+
+
 def chunk_sequence(sequence: StorySequence, context: list[int], targets: list[int],
                    keyframes: dict[int, torch.Tensor]) -> StorySequence:
     """The story restricted to ``context`` (kept clean, as ``keyframes[j]``) + ``targets``.
@@ -195,6 +228,7 @@ def sample_long_story(model, sequence, seed: int, steps: int, cfg: float, sample
     ``on_chunk(chunk_sequence)`` is called before each chunk is sampled (tests, logging).
     """
     chunks = plan_chunks(sequence.layout.num_shots, chunk_size, context_shots)
+    check_pass_budget(sequence.plan, chunks)
     if len(chunks) == 1:
         if on_chunk:
             on_chunk(sequence)
