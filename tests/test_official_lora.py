@@ -7,13 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from support.official_loras import BLOCKS, DIM, RANK, TARGETS, distill_lora, released_lora
+
 from dreamshot.lora_keys import comfy_key, diffsynth_to_comfy
-
-DIM, FFN, BLOCKS, RANK = 256, 512, 2, 4
-# DiffSynth's default LoRA targets "q,k,v,o,ffn.0,ffn.2" (PEFT suffix match: self_attn and cross_attn).
-TARGETS = {f"{a}.{p}": (DIM, DIM) for a in ("self_attn", "cross_attn") for p in "qkvo"}
-TARGETS.update({"ffn.0": (FFN, DIM), "ffn.2": (DIM, FFN)})   # (out, in)
-
 
 # -- pure key conversion -------------------------------------------------------------------------
 @pytest.mark.parametrize("src, want", [
@@ -57,30 +53,6 @@ def test_conversion_keeps_values_and_refuses_collisions():
 
 
 # -- synthetic released-format files ---------------------------------------------------------------
-def released_lora(seed: int, rank: int = RANK) -> dict:
-    """Keys exactly as DiffSynth's export_trainable_state_dict writes them (no prefix, no alpha)."""
-    g = torch.Generator().manual_seed(seed)
-    sd = {}
-    for i in range(BLOCKS):
-        for mod, (out_f, in_f) in TARGETS.items():
-            sd[f"blocks.{i}.{mod}.lora_A.default.weight"] = torch.randn(rank, in_f, generator=g) * 0.1
-            sd[f"blocks.{i}.{mod}.lora_B.default.weight"] = torch.randn(out_f, rank, generator=g) * 0.1
-    return sd
-
-
-def distill_lora(seed: int, rank: int = 8, alpha: float = 4.0) -> dict:
-    """LightX2V-style: ComfyUI-native names, lora_up/lora_down with alpha."""
-    g = torch.Generator().manual_seed(seed)
-    sd = {}
-    for i in range(BLOCKS):
-        for mod, (out_f, in_f) in TARGETS.items():
-            key = f"diffusion_model.blocks.{i}.{mod}"
-            sd[f"{key}.lora_down.weight"] = torch.randn(rank, in_f, generator=g) * 0.1
-            sd[f"{key}.lora_up.weight"] = torch.randn(out_f, rank, generator=g) * 0.1
-            sd[f"{key}.alpha"] = torch.tensor(alpha)
-    return sd
-
-
 EXPECTED_WEIGHTS = {f"diffusion_model.blocks.{i}.{mod}.weight" for i in range(BLOCKS) for mod in TARGETS}
 
 

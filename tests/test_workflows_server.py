@@ -5,6 +5,8 @@ The workflows name real model files; the test server's models folder maps those 
 random Wan2.1-format files (and the full-size random Wan VAE). ComfyUI's stock CLIPLoader cannot
 build a tiny UMT5, so the test swaps CLIPLoader for a test-only loader node with the same output.
 Width/height drop to 64x64 and steps to 2 to keep CI fast; nothing else in the graph changes.
+The official-weights workflows get the tiny DiT under the 14B file name and synthetic LoRA files with
+the released files' key names (tests/support/official_loras.py).
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from support.build_workflows import CHARACTER_A, CHARACTER_B, DIT, FIRST_SHOT, STORY, TEXT_ENCODER, VAE, WORKFLOWS_BUILT
+from support.build_workflows import (CHARACTER_A, CHARACTER_B, DISTILL_LORA, DIT, DIT_14B, FIRST_SHOT, RL_LORA, SFT_LORA,
+                                     STORY, TEXT_ENCODER, VAE, WORKFLOWS_BUILT)
+from support.official_loras import distill_lora, released_lora
 from support.server import ComfyServer, PromptFailed, PromptRejected, make_base_dir
 from support.workflow_api import ui_to_api
 
@@ -34,9 +38,18 @@ def server(tmp_path_factory, tiny_models_dir, comfy_root):
         rng = np.random.default_rng(i)
         Image.fromarray(rng.integers(0, 255, (96, 80, 3), dtype=np.uint8)).save(path)
         inputs[name] = path
-    make_base_dir(base, models={"diffusion_models": {DIT: tiny_models_dir / "dit.safetensors"},
+    import safetensors.torch
+
+    loras = {}
+    for name, sd in ((SFT_LORA, released_lora(1)), (RL_LORA, released_lora(2)), (DISTILL_LORA, distill_lora(3))):
+        loras[name] = base / f"src_{name}"
+        safetensors.torch.save_file(sd, str(loras[name]))
+    make_base_dir(base, models={"diffusion_models": {DIT: tiny_models_dir / "dit.safetensors",
+                                                     DIT_14B: tiny_models_dir / "dit.safetensors"},
                                 "vae": {VAE: tiny_models_dir / "vae.safetensors"},
-                                "text_encoders": {TEXT_ENCODER: tiny_models_dir / "umt5.safetensors"}},
+                                "text_encoders": {TEXT_ENCODER: tiny_models_dir / "umt5.safetensors"},
+                                "dreamshot": {SFT_LORA: loras[SFT_LORA], RL_LORA: loras[RL_LORA]},
+                                "loras": {DISTILL_LORA: loras[DISTILL_LORA]}},
                   inputs=inputs)
     with ComfyServer(base, root=comfy_root) as s:
         s.info = s.object_info()

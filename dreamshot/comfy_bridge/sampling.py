@@ -220,15 +220,26 @@ def chunk_sequence(sequence: StorySequence, context: list[int], targets: list[in
 
 def sample_long_story(model, sequence, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str,
                       ref_cfg: float = 1.0, chunk_size: int = 0, context_shots: int = 0,
-                      on_chunk=None) -> tuple[torch.Tensor, torch.Tensor]:
+                      on_chunk=None, done: dict[int, torch.Tensor] | None = None,
+                      on_keyframes=None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Keyframes [S, H, W, 3] and the shots' latent [1, C, S*T/4, h, w] of the whole story.
 
     One chunk (chunk_size 0 or >= shots) is exactly ``sample_story`` on the sequence. Every chunk
     uses the same seed, as the official runner does; one progress bar runs over all chunks.
     ``on_chunk(chunk_sequence)`` is called before each chunk is sampled (tests, logging).
+
+    Resuming (the ViStoryBench runner): ``done`` holds keyframes already generated (shot index ->
+    [H, W, 3]); a chunk whose shots are all in it is skipped and they serve as context.
+    ``on_keyframes(targets, images)`` gets each chunk's new keyframes as soon as they exist and may
+    return replacements used from then on (e.g. the images as saved to 8-bit PNG, so that a
+    resumed run continues from exactly what an uninterrupted one would). With ``done`` the latent
+    is None (skipped chunks have none).
     """
     chunks = plan_chunks(sequence.layout.num_shots, chunk_size, context_shots)
     check_pass_budget(sequence.plan, chunks)
+    if done is not None or on_keyframes is not None:
+        return _sample_chunks_resumable(model, sequence, seed, steps, cfg, sampler_name, scheduler, ref_cfg,
+                                        chunks, on_chunk, dict(done or {}), on_keyframes)
     if len(chunks) == 1:
         if on_chunk:
             on_chunk(sequence)
@@ -255,3 +266,26 @@ def sample_long_story(model, sequence, seed: int, steps: int, cfg: float, sample
         latents.append(shot_latent(sub.layout, latent)[:, :, len(context) * fps:])
     images = torch.stack([keyframes[j] for j in range(sequence.layout.num_shots)])
     return images, torch.cat(latents, dim=2)
+
+
+def _sample_chunks_resumable(model, sequence, seed, steps, cfg, sampler_name, scheduler, ref_cfg, chunks,
+                             on_chunk, keyframes: dict[int, torch.Tensor], on_keyframes):
+    todo = [(context, targets) for context, targets in chunks if not all(j in keyframes for j in targets)]
+    progress = latent_preview.prepare_callback(model, max(1, steps * len(todo)))
+    for n, (context, targets) in enumerate(todo):
+        missing = [j for j in context if j not in keyframes]
+        if missing:  # only possible when a chunk before it was skipped as done but is incomplete
+            raise RuntimeError(f"context shots {missing} are neither done nor generated")
+        sub = chunk_sequence(sequence, context, targets, keyframes) if len(chunks) > 1 else sequence
+        if on_chunk:
+            on_chunk(sub)
+        callback = _progress_callback(model, steps, offset=n * steps, total=steps * len(todo), progress=progress)
+        latent = sample_story(model, sub, seed, steps, cfg, sampler_name, scheduler, ref_cfg=ref_cfg,
+                              callback=callback) if sub.layout.generated_shots else sub.latent
+        images = keyframes_from_latent(sub, latent)[len(context):]
+        if on_keyframes is not None:
+            replaced = on_keyframes(targets, images)
+            images = images if replaced is None else replaced
+        for i, j in enumerate(targets):
+            keyframes[j] = images[i]
+    return torch.stack([keyframes[j] for j in range(sequence.layout.num_shots)]), None

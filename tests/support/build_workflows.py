@@ -28,6 +28,16 @@ CHARACTER_A = "dreamshot_character_a.png"
 CHARACTER_B = "dreamshot_character_b.png"
 FIRST_SHOT = "dreamshot_first_shot.png"
 INPUT_IMAGES = (CHARACTER_A, CHARACTER_B, FIRST_SHOT)
+# The released DreamShot weights (LL3RD/DreamShot) on Wan2.1-T2V-14B, as the official runner uses them.
+DIT_14B = "wan2.1_t2v_14B_bf16.safetensors"
+SFT_LORA = "sft_lora_model.safetensors"
+RL_LORA = "rl_lora_model.safetensors"
+DISTILL_LORA = "wan2.1_t2v_14b_lora_rank64_lightx2v_4step.safetensors"
+OFFICIAL_NEGATIVE = ("Bright tones, overexposed, static, blurred details, subtitles, style, works, paintings, images, "
+                     "static, overall gray, worst quality, low quality, JPEG compression residue, ugly, incomplete, "
+                     "extra fingers, poorly drawn hands, poorly drawn faces, deformed, disfigured, misshapen limbs, "
+                     "fused fingers, still picture, messy background, three legs, many people in the background, "
+                     "walking backwards")
 
 
 def _model_meta(name, folder):
@@ -148,12 +158,43 @@ def edit_one_shot() -> Graph:
     return g
 
 
+def official_14b(distill: bool = False) -> Graph:
+    """The released weights with the official runner's settings: SFT + RL LoRAs at 1, shift 1, seed 42,
+    720p, 6 shots per pass; 30 steps, text cfg 3, reference cfg 2 (with the LightX2V 4-step LoRA: 4
+    steps, cfg 1, reference cfg 1.5)."""
+    g = Graph()
+    unet = g.add("UNETLoader", {"unet_name": DIT_14B, "weight_dtype": "default"}, pos=(0, 0),
+                 properties=_model_meta(DIT_14B, "diffusion_models"))
+    model = g.add("LoadDreamShotModel", {"lora_name": SFT_LORA, "strength": 1.0, "lora_2_name": RL_LORA,
+                                         "lora_2_strength": 1.0,
+                                         "distill_lora_name": DISTILL_LORA if distill else "None",
+                                         "distill_lora_strength": 1.0}, pos=(360, 0), model=unet,
+                  title="Load DreamShot Model (SFT + RL" + (" + LightX2V 4-step)" if distill else ")"))
+    model = g.add("ModelSamplingSD3", {"shift": 1.0}, pos=(720, -160), model=model)
+    clip = g.add("CLIPLoader", {"clip_name": TEXT_ENCODER, "type": "wan", "device": "default"}, pos=(0, 200),
+                 properties=_model_meta(TEXT_ENCODER, "text_encoders"))
+    vae = g.add("VAELoader", {"vae_name": VAE}, pos=(0, 360), properties=_model_meta(VAE, "vae"))
+    seq = g.add("DreamShotShotSequencePack", {"width": 1280, "height": 720, "mode": "reference_to_shot",
+                                              "negative_prompt": OFFICIAL_NEGATIVE, "fit": "pad_white"},
+                pos=(1080, 200), vae=vae, clip=clip, shots=_shots(g), characters=_cast(g))
+    sampler = g.add("DreamShotSampler", {"seed": 42, "steps": 4 if distill else 30, "cfg": 1.0 if distill else 3.0,
+                                         "sampler_name": "euler", "scheduler": "simple",
+                                         "ref_cfg": 1.5 if distill else 2.0, "chunk_size": 6, "context_shots": 0},
+                    pos=(1440, 200), size=(340, 420), model=model, sequence=seq)
+    name = "official_14b_4step" if distill else "official_14b"
+    g.add("DreamShotStoryboardSheet", {"title": "DreamShot 14B (released weights)", "filename_prefix": f"DreamShot/{name}"},
+          pos=(1820, 200), size=(420, 480), keyframes=sampler, sequence=seq)
+    return g
+
+
 WORKFLOWS_BUILT = {
     "dreamshot_reference_to_shot.json": reference_to_shot,
     "dreamshot_text_to_shot.json": text_to_shot,
     "dreamshot_shot_to_shot.json": shot_to_shot,
     "dreamshot_edit_one_shot.json": edit_one_shot,
     "dreamshot_two_characters_racl.json": two_characters_racl,
+    "dreamshot_official_14b.json": official_14b,
+    "dreamshot_official_14b_4step.json": lambda: official_14b(distill=True),
 }
 
 

@@ -1,0 +1,1 @@
+"""ViStoryBench with the released DreamShot weights: ``python -m dreamshot.vistory`` (see __main__)."""

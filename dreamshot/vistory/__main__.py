@@ -1,0 +1,131 @@
+"""``python -m dreamshot.vistory``: the released DreamShot weights on ViStoryBench, in ComfyUI's Wan.
+
+    python -m dreamshot.vistory --stories checkpoints/vistory_dreamshot_ch_v1.json \\
+        --data-root checkpoints/VistoryBench --out output/vistory_bench \\
+        --dit ComfyUI/models/diffusion_models/wan2.1_t2v_14B_bf16.safetensors \\
+        --vae ComfyUI/models/vae/wan_2.1_vae.safetensors \\
+        --text-encoder ComfyUI/models/text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors \\
+        --lora checkpoints/sft_lora_model.safetensors --lora checkpoints/rl_lora_model.safetensors \\
+        [--distill-lora checkpoints/wan2.1_t2v_14b_lora_rank64_lightx2v_4step.safetensors]
+
+Defaults are the official runner's: 720p, seed 42, 6 shots per pass, no context shots, 30 steps,
+text cfg 3, reference cfg 2, shift 1; with --distill-lora: 4 steps, cfg 1, reference cfg 1.5.
+Writes <out>/<story>/<N>.png (1-based); rerun the same command to resume.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger("DreamShot.vistory")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m dreamshot.vistory", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--stories", required=True, help="the ViStoryBench JSON (vistory_dreamshot_ch_v1.json)")
+    ap.add_argument("--data-root", required=True, help="folder the JSON's fg_url_list paths are relative to")
+    ap.add_argument("--out", required=True, help="output folder: <out>/<story>/<N>.png")
+    ap.add_argument("--dit", required=True, help="Wan2.1 T2V 14B diffusion model (.safetensors, ComfyUI format)")
+    ap.add_argument("--vae", required=True, help="wan_2.1_vae.safetensors")
+    ap.add_argument("--text-encoder", required=True, help="umt5_xxl (ComfyUI format)")
+    ap.add_argument("--lora", action="append", default=[], metavar="PATH",
+                    help="DreamShot LoRA, strength 1 (repeat: SFT then RL, as released)")
+    ap.add_argument("--distill-lora", help="LightX2V 4-step LoRA (switches to the official 4-step settings)")
+    ap.add_argument("--resolution", type=int, choices=(720, 480, 360), default=720)
+    ap.add_argument("--width", type=int, help="override the resolution's width (multiple of 16)")
+    ap.add_argument("--height", type=int, help="override the resolution's height (multiple of 16)")
+    ap.add_argument("--steps", type=int)
+    ap.add_argument("--cfg", type=float, help="text guidance")
+    ap.add_argument("--ref-cfg", type=float, help="reference-image guidance")
+    ap.add_argument("--shift", type=float, default=1.0, help="sigma shift (official: 1.0)")
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--target-frame", type=int, default=6, help="shots per pass")
+    ap.add_argument("--context-frame", type=int, default=0, help="earlier shots given clean to each later pass")
+    ap.add_argument("--shot-mode", choices=("ref2shot", "text2shot"), default="ref2shot")
+    ap.add_argument("--sampler", default="euler")
+    ap.add_argument("--scheduler", default="simple")
+    ap.add_argument("--only", help="comma-separated story keys (default: all)")
+    ap.add_argument("--prompt-field", default="prompt_cn")
+    ap.add_argument("--ref-prompt-field", default="ref_prompt_cn_format")
+    ap.add_argument("--dit-dtype", choices=("bf16", "fp16", "fp32"), default="bf16")
+    ap.add_argument("--text-encoder-config", help="JSON overriding UMT5 config keys (tiny test encoders only)")
+    ap.add_argument("--comfyui", help="ComfyUI folder (default: $COMFYUI_PATH, the enclosing ComfyUI, ~/ComfyUI)")
+    ap.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    return ap
+
+
+def settings_from_args(args):
+    from .runner import RESOLUTIONS, RunSettings
+
+    width, height = RESOLUTIONS[args.resolution]
+    distill = bool(args.distill_lora)
+    return RunSettings(
+        width=args.width or width, height=args.height or height,
+        steps=args.steps if args.steps is not None else (4 if distill else 30),
+        cfg=args.cfg if args.cfg is not None else (1.0 if distill else 3.0),
+        ref_cfg=args.ref_cfg if args.ref_cfg is not None else (1.5 if distill else 2.0),
+        shift=args.shift, seed=args.seed, target_frame=args.target_frame, context_frame=args.context_frame,
+        sampler=args.sampler, scheduler=args.scheduler, with_references=args.shot_mode == "ref2shot",
+        max_latent_frames=10 ** 6)   # the pass size is target_frame: the official runner sets no limit
+
+
+def main(argv: list[str] | None = None, on_chunk=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=getattr(logging, args.log_level), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from ..errors import DreamShotInputError
+    from .stories import read_stories
+
+    try:
+        only = [k.strip() for k in args.only.split(",") if k.strip()] if args.only else None
+        stories = read_stories(args.stories, args.data_root, only, args.prompt_field, args.ref_prompt_field)
+        settings = settings_from_args(args)
+        te_config = json.loads(Path(args.text_encoder_config).read_text()) if args.text_encoder_config else None
+    except (DreamShotInputError, OSError, json.JSONDecodeError) as e:
+        log.error("%s", e)
+        return 2
+    import os
+
+    if args.comfyui:
+        os.environ["COMFYUI_PATH"] = args.comfyui
+    from ..comfy_bridge.headless import import_comfy
+
+    try:
+        import_comfy()
+    except RuntimeError as e:
+        log.error("%s", e)
+        return 2
+    from tqdm import tqdm
+
+    from .runner import generate_story, load_models
+
+    loras = [(p, 1.0) for p in args.lora] + ([(args.distill_lora, 1.0)] if args.distill_lora else [])
+    try:
+        model, vae, clip = load_models(args.dit, args.vae, args.text_encoder, loras, settings.shift, args.dit_dtype,
+                                       te_config)
+    except (DreamShotInputError, FileNotFoundError) as e:
+        log.error("%s", e)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log.info("%d stories, %dx%d, %d steps, cfg %.2f, ref_cfg %.2f, shift %.2f, seed %d, %d shots per pass, "
+             "%d context shots", len(stories), settings.width, settings.height, settings.steps, settings.cfg,
+             settings.ref_cfg, settings.shift, settings.seed, settings.target_frame, settings.context_frame)
+    rows = []
+    for story in tqdm(stories, desc="ViStoryBench stories", unit="story", file=sys.stderr):
+        row = generate_story(story, model, vae, clip, settings, out, on_chunk=on_chunk)
+        log.info("story %s: %s, %d of %d shots generated in %.1f s", row["story"], row["status"], row["generated"],
+                 row["shots"], row["seconds"])
+        rows.append(row)
+    made = sum(r["generated"] for r in rows)
+    log.info("done: %d stories, %d shots generated, %d already there", len(rows), made,
+             sum(r["shots"] for r in rows) - made)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
