@@ -1,0 +1,59 @@
+"""Tiny Wan2.1-format DiT and UMT5 for the proof, built with ComfyUI's own classes.
+
+Same construction as the test suite's tiny models (tests/support/tiny_models.py, which package code
+cannot import): real Wan/UMT5 key names, so ComfyUI's loaders detect and load them. The DiT is a
+little deeper than the tests' (4 blocks): two blocks are the minimum for "read the role from the
+text, then copy from the matching reference", and the extra two make that easier to learn.
+The UMT5 keeps d_model 4096 / 24 layers (what ComfyUI's detection reads) with 1 head and d_kv/d_ff
+16, and a sentencepiece model trained here on the proof's caption words.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+from pathlib import Path
+
+import torch
+
+from ..comfy_bridge.random_wan import fill_random, random_wan_dit
+from ..train.atomic import atomic_save_safetensors
+from .dataset import ROLES, SLOTS
+
+TINY_UMT5_CONFIG = {"d_model": 4096, "num_layers": 24, "num_heads": 1, "d_kv": 16, "d_ff": 16, "vocab_size": 512}
+DIT_SIZE = {"dim": 256, "ffn_dim": 1024, "num_layers": 4}
+
+_WORDS = [*ROLES, *SLOTS, "at", "and", "a", "the", "with", "in", "on", "shape", "character", "scene", "story",
+          "left", "right", "centre", "blurry", "low", "quality"]
+
+
+def write_dit(path: str | Path, seed: int) -> Path:
+    model = random_wan_dit(DIT_SIZE["dim"], DIT_SIZE["ffn_dim"], DIT_SIZE["num_layers"], seed)
+    return atomic_save_safetensors(path, model.state_dict())
+
+
+def _spiece_model(seed: int) -> bytes:
+    """A unigram sentencepiece model (byte fallback; pad 0, eos 1, unk 2 as UMT5) trained in memory."""
+    import sentencepiece as spm
+
+    rng = random.Random(seed)
+    corpus = [" ".join(rng.choice(_WORDS) for _ in range(rng.randint(3, 10))) + rng.choice(".,") for _ in range(2000)]
+    out = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(corpus), model_writer=out,
+                                   vocab_size=TINY_UMT5_CONFIG["vocab_size"], model_type="unigram", pad_id=0,
+                                   eos_id=1, unk_id=2, bos_id=-1, byte_fallback=True, hard_vocab_limit=False,
+                                   minloglevel=2, num_threads=1)
+    return out.getvalue()
+
+
+def write_text_encoder(path: str | Path, seed: int) -> Path:
+    import comfy.ops
+    import comfy.text_encoders.t5 as t5
+
+    cfg = dict(TINY_UMT5_CONFIG, model_type="umt5", is_gated_act=True, dense_act_fn="gelu_pytorch_tanh",
+               relative_attention_num_buckets=32, relative_attention_max_distance=128, layer_norm_epsilon=1e-6)
+    model = t5.T5(cfg, dtype=torch.float32, device="cpu", operations=comfy.ops.manual_cast)
+    fill_random(model, seed)
+    sd = dict(model.state_dict())
+    sd["spiece_model"] = torch.frombuffer(bytearray(_spiece_model(seed)), dtype=torch.uint8)
+    return atomic_save_safetensors(path, sd)

@@ -1,0 +1,106 @@
+"""The shapes-story dataset (dreamshot.proof.dataset) and its scoring (dreamshot.proof.report).
+
+No ComfyUI needed. The classifier is dreamshot.shapes' colour vote, a stand-in for a face
+identity model on synthetic shape characters."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from dreamshot.proof import dataset as ds
+from dreamshot.proof.report import Tally, chance_accuracy, markdown_table, score_placement, score_story
+from dreamshot.shapes import SHAPE_CAST, classify_region, render_scene
+
+W, H = 96, 48
+
+
+def test_manifest_is_read_by_the_trainer(tmp_path):
+    from dreamshot.train.dataset import read_manifest
+    from PIL import Image
+
+    stories = ds.make_stories(5, 3, W, H, "s")
+    root = ds.write_dataset(tmp_path / "data", stories, W, H)
+    seqs = read_manifest(root)
+    assert [s.id for s in seqs] == [s.id for s in stories]
+    for seq, spec in zip(seqs, stories):
+        assert len(seq.shots) == 3
+        assert {c.name for c in seq.characters} == set(spec.cast)
+        for c in seq.characters:   # the reference frame reads only the role name
+            assert c.description == c.name and c.masks[0] is not None
+        for j, shot in enumerate(seq.shots):
+            assert shot.caption == spec.caption(j)
+            assert list(shot.characters) == [p.role.lower() for p in spec.shots[j]]
+            image = np.asarray(Image.open(root / shot.image))
+            assert image.shape == (H, W, 3)
+            for (cid, mask_path), p in zip(shot.masks, spec.shots[j]):
+                mask = np.asarray(Image.open(root / mask_path)) > 127
+                assert mask.sum() > 100 and cid == p.role.lower()
+                # the mask covers exactly the pixels drawn in that character's colours
+                ids = classify_region(image, mask)[0]
+                assert ids == p.character
+    assert len(json.loads(json.dumps(ds.stories_to_json(stories)))) == 5
+    assert ds.stories_from_json(ds.stories_to_json(stories)) == stories
+
+
+def test_text_alone_cannot_tell_who_is_who():
+    stories = ds.make_stories(60, 0, W, H, "s")
+    forbidden = {w.lower() for c in SHAPE_CAST for w in (c.id, c.name, c.kind, c.texture)}
+    forbidden |= {"red", "green", "blue", "yellow", "purple", "cyan", "colour", "color", "disc", "square"}
+    for spec in stories:
+        words = set(re.findall(r"[a-z]+", " ".join(spec.caption(j) for j in range(3)).lower()))
+        assert not words & forbidden, words & forbidden
+        assert len({spec.caption(j) for j in range(3)}) == 3
+    # each role name stands for several characters over the stories, and each character gets several roles
+    roles_of = {ci: {r for s in stories for r, c in s.cast.items() if c == ci} for ci in range(len(SHAPE_CAST))}
+    chars_of = {r: {c for s in stories for rr, c in s.cast.items() if rr == r} for r in ds.ROLES}
+    assert all(len(v) >= 3 for v in roles_of.values()), roles_of
+    assert all(len(v) >= 4 for v in chars_of.values()), chars_of
+
+
+def test_classifier_is_exact_on_clean_renders():
+    stories = ds.make_stories(40, 1, W, H, "s")
+    tally = Tally()
+    for spec in stories:
+        score_story(tally, [ds.render_shot(spec, j, W, H)[0] for j in range(3)], spec)
+    assert tally.total > 150 and tally.counts["correct"] == tally.total
+    for ci in range(len(SHAPE_CAST)):
+        image, mask = ds.render_reference(ci, W, H)
+        assert classify_region(image, mask)[0] == ci
+
+
+def test_scoring_tells_confusion_from_other_and_none():
+    spec = ds.StorySpec("t", {"Mira": 0, "Theo": 1},
+                        [[ds.Placement(0, "Mira", "left", ds.slot_box("left", W, H)),
+                          ds.Placement(1, "Theo", "right", ds.slot_box("right", W, H))]], [5])
+    left, right = spec.shots[0][0].box, spec.shots[0][1].box
+    swapped, _ = render_scene(W, H, [(SHAPE_CAST[1], left), (SHAPE_CAST[4], right)], 5)
+    assert score_placement(swapped, spec, 0, 0) == "confused"     # Theo where Mira should be
+    assert score_placement(swapped, spec, 0, 1) == "other"        # Plum is not in this story
+    empty, _ = render_scene(W, H, [], 5)
+    assert score_placement(empty, spec, 0, 0) == "none"
+    right_way, _ = render_scene(W, H, [(SHAPE_CAST[0], left), (SHAPE_CAST[1], right)], 5)
+    t = Tally()
+    assert score_story(t, [right_way], spec) == [["correct", "correct"]]
+    assert t.rate("correct") == 1.0 and t.total == 2
+
+
+def test_table_is_well_formed():
+    t = Tally({"correct": 3, "confused": 1, "other": 0, "none": 0})
+    stories = ds.make_stories(4, 0, W, H, "s")
+    table = markdown_table([("R2S", t)], chance_accuracy(stories))
+    lines = table.splitlines()
+    assert lines[0].startswith("| condition |") and all(line.count("|") == 7 for line in lines)
+    assert "| R2S | 4 | 75.0% | 25.0% | 0.0% | 0.0% |" in lines
+    assert 1 / 3 <= chance_accuracy(stories) <= 1 / 2
+
+
+def test_slot_boxes_stay_in_their_third():
+    for k, slot in enumerate(ds.SLOTS):
+        x0, y0, x1, y1 = ds.slot_box(slot, W, H)
+        assert k * W // 3 <= x0 < x1 <= (k + 1) * W // 3 and 0 < y0 < y1 < H
+    with pytest.raises(ValueError):
+        ds.slot_box("top", W, H)

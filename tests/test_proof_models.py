@@ -1,0 +1,82 @@
+"""The proof's tiny models in ComfyUI's own loaders: the block VAE (exact weights written into
+ComfyUI's Wan2.1 VAE) and the tiny UMT5."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dreamshot.proof import dataset as ds
+
+pytestmark = pytest.mark.comfyui
+
+
+@pytest.fixture(scope="module")
+def block_vae(comfy_headless, tmp_path_factory):
+    from dreamshot.proof.block_vae import write_block_vae
+
+    stories = ds.make_stories(8, 0, 96, 48, "s")
+    images = [ds.render_shot(s, j, 96, 48)[0] for s in stories for j in range(3)]
+    path = tmp_path_factory.mktemp("proof_vae") / "vae.safetensors"
+    return path, write_block_vae(path, images), images
+
+
+def test_fast_path_equals_comfyui_vae_loaded_from_the_file(block_vae):
+    import comfy.sd
+    import comfy.utils
+
+    from dreamshot.proof.run import load_block_vae
+
+    path, _, _ = block_vae
+    comfy_vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(path), safe_load=True))
+    fast = load_block_vae(path)
+    stories = ds.make_stories(2, 9, 48, 32, "v")   # small frames: ComfyUI's full VAE is slow on a CPU
+    a, b = ds.render_shot(stories[0], 0, 48, 32)[0], ds.render_shot(stories[1], 1, 48, 32)[0]
+    frames = torch.from_numpy(np.stack([a, b, b, b, b])).float() / 255   # shot 1 once, shot 2 four times
+    z_comfy, z_fast = comfy_vae.encode(frames), fast.encode(frames)
+    assert z_comfy.shape == z_fast.shape == (1, 16, 2, 4, 6)
+    torch.testing.assert_close(z_fast, z_comfy.float(), atol=1e-4, rtol=1e-4)
+    # a repeated shot encodes to its single-image latent (frame-local time)
+    torch.testing.assert_close(fast.encode(frames[1:2])[:, :, 0], z_fast[:, :, 1], atol=1e-5, rtol=1e-5)
+    x_comfy, x_fast = comfy_vae.decode(z_comfy), fast.decode(z_fast)
+    assert x_fast.shape[1] == 5
+    torch.testing.assert_close(x_fast, x_comfy.float().reshape(x_fast.shape), atol=1e-4, rtol=1e-4)
+
+
+def test_round_trip_keeps_identity_and_latent_is_normalised(block_vae):
+    import comfy.latent_formats
+
+    from dreamshot.proof.block_vae import BlockVAE
+    from dreamshot.proof.report import Tally, score_story
+
+    _, vae, images = block_vae
+    fast = BlockVAE(vae)
+    z = torch.cat([fast.encode(torch.from_numpy(im[None]).float() / 255) for im in images], dim=2)
+    normed = comfy.latent_formats.Wan21().process_in(z)
+    assert normed[:, :3].mean().abs() < 0.05 and (normed[:, :3].std(dim=(0, 2, 3, 4)) - 1).abs().max() < 0.05
+    assert normed[:, 3:].abs().max() < 1e-4   # unused channels sit at 0
+    tally = Tally()
+    for spec in ds.make_stories(10, 4, 96, 48, "h"):   # held-out scenes
+        decoded = []
+        for j in range(3):
+            x = torch.from_numpy(ds.render_shot(spec, j, 96, 48)[0][None]).float() / 255
+            decoded.append((fast.decode(fast.encode(x))[0, 0].numpy() * 255).round().astype(np.uint8))
+        score_story(tally, decoded, spec)
+    assert tally.counts["correct"] == tally.total > 30
+
+
+def test_tiny_text_encoder_loads_and_encodes_without_padding(comfy_headless, tmp_path):
+    from dreamshot.proof.run import _text_encoder, load_text_encoder
+    from dreamshot.proof.tiny_models import write_text_encoder
+
+    path = write_text_encoder(tmp_path / "umt5.safetensors", seed=0)
+    encode = _text_encoder(load_text_encoder(path), 32)
+    a = encode("Mira at left, Theo at right.")
+    b = encode("Theo at left, Mira at right.")
+    assert a.shape == b.shape == (1, 32, 4096)
+    used = int((a[0].abs().sum(-1) > 0).sum())
+    assert 4 <= used < 32 and (a[0, used:] == 0).all()
+    assert (a - b).abs().max() > 1e-3   # who is where changes the encoding
+    with pytest.raises(ValueError, match="text_length"):
+        _text_encoder(load_text_encoder(path), 3)("Mira at left, Theo at centre, Bob at right.")
