@@ -5,10 +5,10 @@ segments (each prompt padded with zero tokens to the common length, as UMT5 itse
 A frame whose segment is ``NO_TEXT`` (a reference without caption) gets a zero cross-attention
 output: it attends to no text.
 
-The segmented implementation never builds an [all tokens x all text] mask: it runs one plain
-attention per run of consecutive frames that share a segment, so memory is that of S small
-attentions. ``dense_masked_cross_attention`` is the straightforward masked reference it is
-tested against.
+The segmented implementation never builds an [all tokens x all text] mask: frames are folded
+into the batch so one plain attention call computes every frame against its own prompt, with the
+cost of plain cross-attention. ``dense_masked_cross_attention`` is the straightforward masked
+reference it is tested against.
 """
 
 from __future__ import annotations
@@ -67,17 +67,54 @@ def per_shot_cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
         tokens_per_frame: P.
         num_segments: how many equal segments the context holds.
         attention: the backend for each (unmasked) sub-attention, e.g. ComfyUI's optimized one.
+
+    Frames are folded into the batch: [B, F*P] queries become [B*F, P] against each frame's own
+    [L] text, one attention call with the FLOPs of plain cross-attention. When every frame has
+    text the result is returned as is (no extra buffer); otherwise text frames are computed in
+    chunks of at most an eighth of the frames into a zero output, bounding the extra memory.
     """
     _check(q, k, frame_segments, tokens_per_frame, num_segments)
+    b, _, inner = q.shape
+    n_frames, p = len(frame_segments), tokens_per_frame
     seg_len = k.shape[1] // num_segments
+    kf, vf = (t.view(b, num_segments, seg_len, inner) for t in (k, v))
+    qf = q.view(b, n_frames, p, inner)
+
+    def frames(first: int, end: int) -> torch.Tensor:
+        segs = list(frame_segments[first:end])
+        n = end - first
+        if segs == list(range(segs[0], segs[0] + n)):  # consecutive segments: a view, no gather
+            ks, vs = kf[:, segs[0]:segs[0] + n], vf[:, segs[0]:segs[0] + n]
+        else:
+            index = torch.tensor(segs, device=k.device)
+            ks, vs = kf.index_select(1, index), vf.index_select(1, index)
+        out = attention(qf[:, first:end].reshape(b * n, p, inner), ks.reshape(b * n, seg_len, inner),
+                        vs.reshape(b * n, seg_len, inner), heads)
+        return out.view(b, n * p, inner)
+
+    if NO_TEXT not in frame_segments:
+        return frames(0, n_frames)
     out = torch.zeros_like(q)  # NO_TEXT frames stay zero
-    for first, end, seg in frame_runs(frame_segments):
-        if seg == NO_TEXT:
+    chunk = max(1, -(-n_frames // 8))
+    for first, end, has_text in _text_runs(frame_segments):
+        if not has_text:
             continue
-        qs = slice(first * tokens_per_frame, end * tokens_per_frame)
-        ks = slice(seg * seg_len, (seg + 1) * seg_len)
-        out[:, qs] = attention(q[:, qs], k[:, ks], v[:, ks], heads)
+        for a in range(first, end, chunk):
+            e = min(end, a + chunk)
+            out[:, a * p:e * p] = frames(a, e)
     return out
+
+
+def _text_runs(frame_segments: Sequence[int]) -> list[tuple[int, int, bool]]:
+    """Consecutive frames grouped by whether they have text: [(first, end, has_text)]."""
+    runs: list[tuple[int, int, bool]] = []
+    for f, seg in enumerate(frame_segments):
+        has = seg != NO_TEXT
+        if runs and runs[-1][2] == has:
+            runs[-1] = (runs[-1][0], f + 1, has)
+        else:
+            runs.append((f, f + 1, has))
+    return runs
 
 
 def dense_masked_cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,

@@ -599,17 +599,20 @@ def role_masked_self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     d = inner // heads
     kh, vh = (t.reshape(b, n, heads, d).transpose(1, 2) for t in (k, v))
     out = torch.empty_like(q)
+    # Queries are gathered per group in chunks of at most N/16 rows: the gathered queries and the
+    # chunk's outputs are the only buffers beside ``out``, so peak memory stays near plain attention's.
+    rows_per_call = max(1, -(-n // 16))
     for g in torch.unique(groups).tolist():
-        idx = torch.nonzero(groups == g).squeeze(1)
-        qg = q.index_select(1, idx)
         bias = group_key_bias(g, ref_char_tokens, n, strength, dtype=q.dtype, device=q.device)
-        if bias is None:
-            og = attention(qg, k, v, heads)
-        else:
-            qh = qg.view(b, -1, heads, d).transpose(1, 2)
-            og = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=bias.view(1, 1, 1, n))
-            og = og.transpose(1, 2).reshape(b, -1, inner)
-        out.index_copy_(1, idx, og.to(out.dtype))
+        for idx in torch.nonzero(groups == g).squeeze(1).split(rows_per_call):
+            qg = q.index_select(1, idx)
+            if bias is None:
+                og = attention(qg, k, v, heads)
+            else:
+                qh = qg.view(b, -1, heads, d).transpose(1, 2)
+                og = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=bias.view(1, 1, 1, n))
+                og = og.transpose(1, 2).reshape(b, -1, inner)
+            out.index_copy_(1, idx, og.to(out.dtype))
     return out
 
 

@@ -48,16 +48,26 @@ def test_identical_prompts_equal_plain_attention():
     torch.testing.assert_close(out, sdpa_attention(q, k1, v1, 2), rtol=1e-5, atol=1e-6)
 
 
-def test_backend_is_called_per_run_without_dense_mask():
+def test_backend_is_called_once_with_frames_folded_into_the_batch():
     calls = []
 
     def backend(q, k, v, heads):
-        calls.append((q.shape[1], k.shape[1]))
+        calls.append((q.shape[0], q.shape[1], k.shape[1]))
         return sdpa_attention(q, k, v, heads)
 
-    q, k, v = _qkv(frames=12, tokens=100, segments=12, seg_len=512, batch=1)
-    per_shot_cross_attention(q, k, v, 2, list(range(12)), 100, 12, attention=backend)
-    assert calls == [(100, 512)] * 12  # each shot sees only its own 512 text tokens
+    q, k, v = _qkv(frames=12, tokens=100, segments=12, seg_len=512, batch=2)
+    out = per_shot_cross_attention(q, k, v, 2, list(range(12)), 100, 12, attention=backend)
+    # One call: 2 x 12 frames of 100 tokens, each against only its own 512 text tokens.
+    assert calls == [(24, 100, 512)]
+    torch.testing.assert_close(out, dense_masked_cross_attention(q, k, v, 2, list(range(12)), 100, 12),
+                               rtol=1e-4, atol=1e-5)
+    # Frames without text (uncaptioned references) are left out of the calls, in bounded chunks.
+    calls.clear()
+    segs = [NO_TEXT, NO_TEXT] + [5, 5, 0, 1, 2, 3, 4, 6, 7, 8]
+    out = per_shot_cross_attention(q, k, v, 2, segs, 100, 12, attention=backend)
+    assert sum(c[0] for c in calls) == 2 * 10 and max(c[0] for c in calls) <= 2 * 2
+    assert out[:, :200].abs().sum() == 0
+    torch.testing.assert_close(out, dense_masked_cross_attention(q, k, v, 2, segs, 100, 12), rtol=1e-4, atol=1e-5)
 
 
 def test_pad_segments():

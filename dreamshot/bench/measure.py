@@ -26,10 +26,14 @@ class _LiveTensorBytes(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        # Views and in-place results share an input's storage: not a new allocation (counting them
+        # would charge the caller's own inputs to whichever op first viewed them).
+        inputs = {t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0]
+                  if isinstance(t, torch.Tensor) and t.device.type != "meta"}
         for t in tree_flatten(out)[0]:
             if isinstance(t, torch.Tensor) and t.device.type != "meta":
                 ptr = t.untyped_storage().data_ptr()
-                if ptr and ptr not in self._seen:
+                if ptr and ptr not in self._seen and ptr not in inputs:
                     nbytes = t.untyped_storage().nbytes()
                     self._seen.add(ptr)
                     self.live += nbytes
