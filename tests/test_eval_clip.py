@@ -159,3 +159,9 @@ def test_cli_run_with_only_a_clip_model_writes_the_reports(tmp_path, tiny_clip, 
     assert len(runs) == 2 and row[0] == "dreamshot"
     values = dict(zip(header, row))
     assert values["identity_similarity"] == "" and 0.0 <= float(values["clip_score"]) <= 100.0
+    # --run: one folder of <story>/<N>.png (python -m dreamshot.vistory's layout), alongside --outputs.
+    flat = out / "dreamshot" / "base" / "en" / "20260102_120000"
+    assert main(["run", "--benchmark", str(bench), "--run", str(flat), "--outputs", str(out), "--method", "swapper",
+                 "--clip-model", str(tiny_clip), "--report-dir", str(report)]) == 0
+    runs = (report / "metrics_runs.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in runs[1:]] == ["20260102_120000", "swapper"]

@@ -19,7 +19,7 @@ from dreamshot.errors import DreamShotInputError
 from dreamshot.eval.__main__ import main
 from dreamshot.eval.benchmark import read_benchmark
 from dreamshot.eval.report import write_reports
-from dreamshot.eval.runner import evaluate_runs, find_runs, shot_files
+from dreamshot.eval.runner import direct_run, evaluate_runs, find_runs, shot_files
 from dreamshot.shapes import SHAPE_CAST, ShapeAnalyzer, render_scene
 
 RUBY, MOSS = SHAPE_CAST[:2]
@@ -182,6 +182,22 @@ def test_runner_measures_every_run_and_writes_csv_and_markdown(tmp_path):
     assert float(rows[0]["identity_similarity"]) == pytest.approx(good["identity_similarity"], abs=1e-3)
     md = paths[2].read_text(encoding="utf-8")
     assert "## Runs" in md and "## Stories" in md and "| swapper" in md and "confusion" in md
+
+
+def test_a_flat_folder_of_stories_is_one_run(tmp_path):
+    """python -m dreamshot.vistory writes <out>/<story>/<N>.png: no shots/ folder, no method/mode/lang."""
+    bench = read_benchmark(write_benchmark(tmp_path / "bench"))
+    flat = tmp_path / "vistory_bench"
+    for sid, placements in GOOD.items():
+        for j, p in enumerate(placements):
+            save(flat / sid / f"{j + 1}.png", render_scene(160, 96, p, j + 7)[0])
+    run = direct_run(flat)
+    assert (run.method, run.mode, run.timestamp) == ("vistory_bench", "", "")
+    story_rows, [summary] = evaluate_runs(bench, [run], ShapeAnalyzer())
+    assert [r["missing_shots"] for r in story_rows] == [0, 0]
+    assert summary["appearances"] == 5 and summary["miss_rate"] == 0.0 and summary["identity_similarity"] > 0.95
+    with pytest.raises(DreamShotInputError, match="input 'run'"):
+        direct_run(tmp_path / "nope")
 
 
 # ------------------------------------------------------------------------------------ CLI

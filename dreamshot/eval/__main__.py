@@ -6,7 +6,10 @@
         [--method dreamshot] [--mode base] [--lang en] [--timestamp 20260101-120000 | --all-timestamps] \\
         [--report-dir eval_results]
 
-Shots are read from <outputs>/<method>/<mode>/<lang>/<timestamp>/<story_id>/shots/<N>.png (N from 1).
+    python -m dreamshot.eval run --benchmark bench.json --run output/vistory_bench --face-model ...
+
+Shots are read from <outputs>/<method>/<mode>/<lang>/<timestamp>/<story_id>/shots/<N>.png (N from 1),
+or with --run from <folder>/<story_id>/<N>.png (what python -m dreamshot.vistory writes).
 Writes metrics_stories.csv, metrics_runs.csv and metrics.md to --report-dir and prints the markdown.
 Models are only read from the folders given; nothing is downloaded.
 """
@@ -28,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="run: measure the storyboards (default); check: validate the benchmark file only")
     ap.add_argument("--benchmark", "-b", required=True, help="benchmark .json file (stories: references + shots)")
     ap.add_argument("--outputs", "-o", help="root of the generated storyboards (<method>/<mode>/<lang>/<timestamp>)")
+    ap.add_argument("--run", action="append", default=[], help="a folder of <story_id>/[shots/]<N>.png measured as "
+                                                                "one run, e.g. python -m dreamshot.vistory's --out "
+                                                                "(repeatable)")
     ap.add_argument("--face-model", help="insightface model folder (e.g. .../buffalo_l with det_10g.onnx and "
                                          "w600k_r50.onnx): identity metrics")
     ap.add_argument("--clip-model", help="Hugging Face CLIP folder (config.json, model.safetensors, tokenizer, "
@@ -59,13 +65,16 @@ def main(argv: list[str] | None = None) -> int:
         log.info("benchmark %s: %d story(ies), %d shot(s): OK", bench.path, len(bench.stories), shots)
         if args.command == "check":
             return 0
-        if not args.outputs:
-            raise DreamShotInputError("outputs", "no --outputs folder was given.",
-                                      "pass --outputs <root of <method>/<mode>/<lang>/<timestamp>>.")
+        if not args.outputs and not args.run:
+            raise DreamShotInputError("outputs", "no --outputs or --run folder was given.",
+                                      "pass --outputs <root of <method>/<mode>/<lang>/<timestamp>> or --run <folder "
+                                      "of <story_id>/<N>.png>.")
         from .report import write_reports
-        from .runner import evaluate_runs, find_runs
+        from .runner import direct_run, evaluate_runs, find_runs
 
-        runs = find_runs(args.outputs, args.method, args.mode, args.lang, args.timestamp, args.all_timestamps)
+        runs = [direct_run(r) for r in args.run]
+        if args.outputs:
+            runs += find_runs(args.outputs, args.method, args.mode, args.lang, args.timestamp, args.all_timestamps)
         analyzer = scorer = None
         if args.face_model:
             from ..faces import load_insightface
@@ -77,8 +86,8 @@ def main(argv: list[str] | None = None) -> int:
             scorer = ClipScorer(args.clip_model, device=args.device)
         story_rows, run_rows = evaluate_runs(
             bench, runs, analyzer, scorer, numbering=args.shot_numbering,
-            on_story=lambda run, story: log.info("%s/%s/%s/%s: story %s", run.method, run.mode, run.lang,
-                                                 run.timestamp, story.id))
+            on_story=lambda run, story: log.info("%s: story %s", "/".join(
+                k for k in (run.method, run.mode, run.lang, run.timestamp) if k), story.id))
         paths = write_reports(story_rows, run_rows, Path(args.report_dir))
         markdown = paths[2].read_text(encoding="utf-8")
         sys.stdout.write(markdown)   # the report is this command's output

@@ -4,6 +4,9 @@ Folder layout (the ViStoryBench outputs layout)::
 
     <outputs>/<method>/<mode>/<lang>/<timestamp>/<story_id>/shots/<N>.png
 
+Shots directly in the story folder (``<story_id>/<N>.png``, as ``python -m dreamshot.vistory`` and
+the official DreamShot runner write them) are read too when there is no ``shots/`` sub-folder, and
+such a folder of stories can be measured on its own as one run (:func:`direct_run`, CLI ``--run``).
 ``<N>`` is the 1-based shot number (``1.png``, ``01.png``, ``shot_1.png`` and ``.jpg``/``.jpeg``/
 ``.webp`` all read as shot 1); ``--shot-numbering 0`` reads 0-based names instead. A run is one
 ``<timestamp>`` folder; by default only the newest timestamp of each method/mode/lang is measured.
@@ -85,6 +88,15 @@ def find_runs(outputs, methods: Sequence[str] = (), modes: Sequence[str] = (), l
     return runs
 
 
+def direct_run(folder) -> Run:
+    """A folder of ``<story_id>/[shots/]<N>.png`` measured as one run, named after the folder."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise DreamShotInputError("run", f"'{folder}' is not a folder.",
+                                  "pass a folder holding <story_id>/<N>.png or <story_id>/shots/<N>.png.")
+    return Run(folder.resolve().name, "", "", "", folder)
+
+
 def load_rgb(path: Path, input_name: str = "outputs") -> np.ndarray:
     try:
         with Image.open(path) as im:
@@ -97,7 +109,7 @@ def load_rgb(path: Path, input_name: str = "outputs") -> np.ndarray:
 def shot_files(story_dir: Path, num_shots: int, numbering: int = 1) -> list[Path | None]:
     """Per shot (0-based list), its image file in ``story_dir/shots`` or None when missing."""
     files: list[Path | None] = [None] * num_shots
-    folder = story_dir / "shots"
+    folder = story_dir / "shots" if (story_dir / "shots").is_dir() else story_dir
     if not folder.is_dir():
         return files
     for p in sorted(folder.iterdir()):
