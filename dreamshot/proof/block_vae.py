@@ -6,16 +6,18 @@ ComfyUI encode ~1.6 s per frame, which does not fit a proof that runs in minutes
 reconstructs nothing. So the weights are *set*:
 
 - every residual branch and attention block is off exactly (its last layer is zero);
-- the encoder averages each 8x8 pixel block (three stride-2 2x2 means) into latent channels 0-2
-  (mean R, G, B); channels 3-15 are 0;
-- the decoder copies each latent cell back to its 8x8 block (nearest upsampling);
+- the encoder averages each 8x8 pixel block (three stride-2 2x2 means); latent channel c holds the
+  block's mean colour component c mod 3 (R, G, B, R, G, B, ...), so all 16 channels carry signal
+  (with 13 constant channels, the DiT's loss was mostly about those and it never learned colour);
+- the decoder averages the copies of each component and writes it back to the 8x8 block (nearest
+  upsampling);
 - the two normalised heads (RMS norm + SiLU) are kept in their linear range by a constant channel
   (magnitude ``K``, so the norm is ~constant) and an offset ``B`` (so SiLU(x) ~ x), removed after;
 - every causal 3D convolution keeps only its current-frame tap and the temporal down/up-sampling
   picks/copies the current frame, so a shot repeated T times encodes to its single-image latent and
   decodes to T copies of it;
 - the latent is then rescaled per channel so that ComfyUI's Wan2.1 latent normalisation maps it to
-  mean 0 / std 1 (dead channels to 0), folded into the 1x1 convolutions around it.
+  mean 0 / std 1, folded into the 1x1 convolutions around it.
 
 Decoded images are mosaics of 8x8 blocks in the right colours: enough for the colour classifier
 (dreamshot.shapes.classify_region), not for texture or outline. ``BlockVAE`` runs the same weights
@@ -100,10 +102,13 @@ def build_block_vae(seed: int = 0):
     _centre_tap(enc.conv1, [(c, c) for c in RGB], {**{c: B for c in RGB}, CONST: K})
     for head in (enc.head, dec.head):
         head[0].gamma.fill_(K / head[0].scale)   # x / |x| * sqrt(C) * gamma ~ x
-    _centre_tap(enc.head[2], [(c, c) for c in RGB], {c: -B for c in RGB})
+    _centre_tap(enc.head[2], [(c, c % 3) for c in range(Z_DIM)], {c: -B for c in range(Z_DIM)})
     _centre_tap(vae.conv1, [(c, c) for c in range(2 * Z_DIM)])
     _centre_tap(vae.conv2, [(c, c) for c in range(Z_DIM)])
-    _centre_tap(dec.conv1, [(c, c) for c in RGB], {**{c: B for c in RGB}, CONST: K})
+    _centre_tap(dec.conv1, [], {**{c: B for c in RGB}, CONST: K})
+    copies = [list(range(c, Z_DIM, 3)) for c in RGB]
+    for c in RGB:   # the mean of the copies of each colour component
+        dec.conv1.weight[c, copies[c], -1, 1, 1] = 1.0 / len(copies[c])
     _centre_tap(dec.head[2], [(c, c) for c in RGB], {c: -B for c in RGB})
     return vae
 
