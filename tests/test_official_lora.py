@@ -133,14 +133,17 @@ def test_no_loras_returns_the_model_itself(pack_nodes, lora_dirs, tiny_wan_model
 
 
 @pytest.mark.comfyui
-def test_distill_diffs_land_on_norms_biases_and_modulation(comfy_headless, tiny_wan_model, tmp_path):
+def test_distill_diffs_land_on_norms_biases_and_modulation(comfy_headless, tiny_models_dir, tmp_path):
     """Kijai/LightX2V-style extractions also carry full diffs: norm weights (.diff), biases (.diff_b) and
     each block's modulation table (blocks.N.diff_m). ComfyUI's stock loader logs diff_m as "not loaded"
     and its ModelPatcher never changes bare parameters; here every one of them must change the model."""
+    import comfy.sd
     import safetensors.torch
 
     from dreamshot.comfy_bridge.lora import apply_lora
 
+    # A model of its own: the session's shared one may be loaded (patched) by another test's patcher.
+    tiny_wan_model = comfy.sd.load_diffusion_model(str(tiny_models_dir / "dit.safetensors"))
     base = {k: v.clone() for k, v in tiny_wan_model.model.state_dict().items()}
     g = torch.Generator().manual_seed(7)
     sd = {}
