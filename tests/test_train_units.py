@@ -272,3 +272,16 @@ def test_checkpoint_publish_prune_and_interrupted_save(tmp_path, monkeypatch):
     (root / "latest").write_text("checkpoint-9\n")
     assert ckpt.resolve_resume("latest", tmp_path).name == "checkpoint-3"
     assert ckpt.resolve_resume("latest", tmp_path / "elsewhere") is None
+
+
+def test_atomic_safetensors_saves_shared_tensors(tmp_path):
+    """Two shots with the same caption share one cached encoding; safetensors alone refuses that."""
+    import safetensors.torch
+
+    from dreamshot.train.atomic import atomic_save_safetensors
+
+    t = torch.arange(6.0).view(2, 3)
+    path = atomic_save_safetensors(tmp_path / "c.safetensors", {"text.shot.0": t, "text.shot.1": t, "x": t[0]})
+    back = safetensors.torch.load_file(str(path))
+    assert torch.equal(back["text.shot.0"], t) and torch.equal(back["text.shot.1"], t)
+    assert torch.equal(back["x"], t[0])

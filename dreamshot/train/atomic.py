@@ -62,5 +62,13 @@ def atomic_save_safetensors(path: str | Path, tensors: dict[str, torch.Tensor],
                             metadata: dict[str, str] | None = None) -> Path:
     import safetensors.torch
 
-    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    out, seen = {}, set()
+    for k, v in tensors.items():
+        v = v.detach().contiguous().cpu()
+        ptr = v.untyped_storage().data_ptr()
+        # safetensors refuses tensors that share memory (e.g. two shots with the same caption
+        # cached from one encoding): give repeats their own copy.
+        out[k] = v.clone() if ptr in seen else v
+        seen.add(ptr)
+    tensors = out
     return atomic_write(path, lambda tmp: safetensors.torch.save_file(tensors, tmp, metadata=metadata))
