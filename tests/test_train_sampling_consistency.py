@@ -1,0 +1,109 @@
+"""Train/sample consistency: after a few `dreamshot.train` steps, the prediction ComfyUI's sampling
+path makes (dreamshot.comfy_bridge.sampling.sample_story: DreamShot patches, denoise mask, the
+trained file loaded with apply_lora, KSamplerX0Inpaint) equals the trainer's StoryModel.predict
+for the same noisy latent, sigma, context and clean frames, in every mode. A mismatch here would
+mean users train one model and sample another."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from test_train_support import cached_dataset, write_config
+
+pytestmark = pytest.mark.comfyui
+
+SIGMA = 0.37   # off the sampler's own sigma grid, so the probe's sigma is what the model sees
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_models_dir, tmp_path_factory):
+    """A short run that moves LoRA and full-block weights (high lr), then a fresh trainer holding them."""
+    import safetensors.torch
+
+    from dreamshot.train.config import load_config
+    from dreamshot.train.trainer import Trainer
+
+    data = cached_dataset(tiny_models_dir)
+    tmp = tmp_path_factory.mktemp("consistency")
+    cfg = load_config(write_config(tmp / "train.toml", data["models"], data["dataset"], data["cache"], tmp / "out",
+                                   train={"steps": 3, "gradient_checkpointing": False, "timestep_shift": 3.0},
+                                   lora={"full_finetune_blocks": [1]}, optimizer={"lr": 2e-2},
+                                   checkpoint={"every": 0}))
+    result = Trainer(cfg).train()
+    trainer = Trainer(cfg)
+    trainer.load_models()
+    trainer.load_data()
+    trainer.adapters.load_comfy_state_dict(safetensors.torch.load_file(str(result.lora_path)))
+    return trainer, result.lora_path
+
+
+def _sampler_prediction(model, sample, mask, x_t, sigma: float, seed: int):
+    """The denoised latent that sample_story's sampler sees at ``sigma`` for ``x_t`` (the stock
+    euler swapped for a probe that calls the inpainting-wrapped model once), plus what the
+    sampler itself handed the probe: its first x and its sigmas."""
+    import comfy.k_diffusion.sampling as kds
+
+    from dreamshot.comfy_bridge.sampling import sample_story
+
+    lay = sample.layout
+    seq = SimpleNamespace(layout=lay, plan=SimpleNamespace(frame_segments=list(sample.frame_segments)),
+                          num_segments=sample.num_segments, segment_length=sample.segment_length,
+                          latent=sample.latent, positive=sample.context, negative=sample.context,
+                          denoise_mask=lambda: mask.clone())
+    got = {}
+
+    def probe(model_k, x, sigmas, extra_args=None, callback=None, disable=None):
+        got["x"], got["sigmas"] = x.clone(), sigmas.clone()
+        got["denoised"] = model_k(x_t, torch.full((x.shape[0],), sigma), **extra_args)
+        return x
+
+    original = kds.sample_euler
+    kds.sample_euler = probe
+    try:
+        sample_story(model, seq, seed, 4, 1.0, "euler", "simple")
+    finally:
+        kds.sample_euler = original
+    return got
+
+
+@pytest.mark.parametrize("mode", ["reference_to_shot", "text_to_shot", "shot_to_shot"])
+def test_sampler_prediction_equals_trainer_prediction(trained, mode):
+    import comfy.sample
+    from comfy_extras.nodes_model_advanced import ModelSamplingSD3
+
+    from dreamshot.comfy_bridge import training as bridge
+    from dreamshot.comfy_bridge.lora import apply_lora
+    from dreamshot.train.objective import noise_frames
+
+    trainer, lora_path = trained
+    index = next(i for i, modes in enumerate(trainer.feasible) if mode in modes)
+    batch = trainer.prepare_batch(index, torch.Generator().manual_seed(5), mode)
+    sigma = torch.tensor([SIGMA])
+    x_t = noise_frames(batch.x0, batch.noise, sigma, batch.sample.noised)
+    with torch.no_grad():
+        want, _ = trainer.story_model.predict(x_t, sigma, batch.sample.context, batch.mask, batch.story, None)
+
+    base = bridge.load_dit(trainer.cfg.model.dit, "fp32")
+    shift = 3.0
+    sampler_model = apply_lora(ModelSamplingSD3().patch(base, shift)[0], str(lora_path), 1.0)
+    seed = 11
+    got = _sampler_prediction(sampler_model, batch.sample, batch.mask, x_t, SIGMA, seed)
+    noised = batch.sample.noised
+    assert noised.any()
+    torch.testing.assert_close(got["denoised"][:, :, noised], want[:, :, noised], rtol=1e-5, atol=1e-5)
+    # clean frames come back exactly as the clean latent (in the model's latent space)
+    torch.testing.assert_close(got["denoised"][:, :, ~noised], batch.x0[:, :, ~noised])
+
+    # The sampler's own start: clean frames are the clean latent and noised frames follow the
+    # trainer's x_sigma = sigma * noise + (1 - sigma) * x0 at its first sigma.
+    s0 = float(got["sigmas"][0])
+    noise = comfy.sample.prepare_noise(batch.sample.latent, seed)
+    torch.testing.assert_close(got["x"][:, :, noised],
+                               noise_frames(batch.x0, noise, torch.tensor([s0]), noised)[:, :, noised])
+
+    # The trained weights matter (a LoRA that failed to load would make the above vacuous).
+    base_got = _sampler_prediction(ModelSamplingSD3().patch(base, shift)[0], batch.sample, batch.mask, x_t, SIGMA, seed)
+    assert (base_got["denoised"][:, :, noised] - want[:, :, noised]).abs().max() > 1e-3
