@@ -15,6 +15,7 @@ from test_train_support import cached_dataset, write_config
 
 pytestmark = pytest.mark.comfyui
 
+MODULES = ("patch_embedding", "text_embedding", "time_embedding", "time_projection", "head")
 SIGMA = 0.37   # off the sampler's own sigma grid, so the probe's sigma is what the model sees
 
 
@@ -30,14 +31,27 @@ def trained(tiny_models_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("consistency")
     cfg = load_config(write_config(tmp / "train.toml", data["models"], data["dataset"], data["cache"], tmp / "out",
                                    train={"steps": 3, "gradient_checkpointing": False, "timestep_shift": 3.0},
-                                   lora={"full_finetune_blocks": [1]}, optimizer={"lr": 2e-2},
+                                   lora={"full_finetune_blocks": [1], "full_finetune_modules": list(MODULES)}, optimizer={"lr": 2e-2},
                                    checkpoint={"every": 0}))
     result = Trainer(cfg).train()
     trainer = Trainer(cfg)
     trainer.load_models()
     trainer.load_data()
-    trainer.adapters.load_comfy_state_dict(safetensors.torch.load_file(str(result.lora_path)))
+    saved = safetensors.torch.load_file(str(result.lora_path))
+    for name in MODULES:   # lora.full_finetune_modules: trained and saved as ComfyUI .diff patches
+        diffs = [k for k in saved if k.startswith(f"diffusion_model.{name}.") and k.endswith(".diff")]
+        assert diffs and all(saved[k].abs().max() > 0 for k in diffs), name
+    trainer.adapters.load_comfy_state_dict(saved)
     return trainer, result.lora_path
+
+
+def test_full_finetune_modules_are_checked(tmp_path):
+    from dreamshot.train.config import ConfigError, load_config
+
+    path = tmp_path / "bad.toml"
+    path.write_text('[lora]\nfull_finetune_modules = ["head", "blocks"]\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"full_finetune_modules \['blocks'\].*patch_embedding"):
+        load_config(path).validate()
 
 
 def _sampler_prediction(model, sample, mask, x_t, sigma: float, seed: int):

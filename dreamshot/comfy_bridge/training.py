@@ -213,9 +213,11 @@ def _comfy_ops_modules(block: torch.nn.Module):
 
 
 def attach_trainable(m, rank: int, alpha: float, targets: Sequence[str], lora_blocks: Sequence[int],
-                     full_blocks: Sequence[int] = (), dropout: float = 0.0, seed: int = 0) -> TrainableAdapters:
+                     full_blocks: Sequence[int] = (), dropout: float = 0.0, seed: int = 0,
+                     full_modules: Sequence[str] = ()) -> TrainableAdapters:
     """Add LoRA (object patches on the linears' ``forward``) and full-block deltas (ComfyUI weight
-    wrappers) to the ModelPatcher ``m``. Applied when ``m`` is loaded (load_models_gpu)."""
+    wrappers) to the ModelPatcher ``m``. Applied when ``m`` is loaded (load_models_gpu).
+    ``full_modules``: top-level DiT modules (``patch_embedding``, ``head``, ...) trained whole too."""
     import comfy.utils
 
     adapters = TrainableAdapters()
@@ -236,10 +238,14 @@ def attach_trainable(m, rank: int, alpha: float, targets: Sequence[str], lora_bl
             adapters.loras[key] = lora
             adapters.lora_modules[key] = name
             m.add_object_patch(f"{name}.forward", _lora_forward(module.forward, lora))
-    for i in full_blocks:
-        block = dm.blocks[i]
-        for sub, mod in _comfy_ops_modules(block):
-            base = f"diffusion_model.blocks.{i}.{sub}"
+    missing = [name for name in full_modules if not isinstance(getattr(dm, name, None), torch.nn.Module)]
+    if missing:
+        raise ValueError(f"full_finetune_modules {missing}: this model has no such module")
+    whole = [(f"diffusion_model.blocks.{i}", dm.blocks[i]) for i in full_blocks]
+    whole += [(f"diffusion_model.{name}", getattr(dm, name)) for name in full_modules]
+    for prefix, module in whole:
+        for sub, mod in _comfy_ops_modules(module):
+            base = f"{prefix}.{sub}" if sub else prefix
             for attr, suffix in (("weight", ".diff"), ("bias", ".diff_b")):
                 t = getattr(mod, attr, None)
                 if t is None:
@@ -249,7 +255,7 @@ def attach_trainable(m, rank: int, alpha: float, targets: Sequence[str], lora_bl
                 adapters.deltas[key] = delta
                 adapters.delta_keys[key] = base + suffix
                 m.add_weight_wrapper(f"{base}.{attr}", WeightDelta(delta))
-        # The block's own `modulation` stays frozen: ComfyUI (0.3.64) patches only parameters of leaf
+        # A block's (and the head's) own `modulation` stays frozen: ComfyUI (0.3.64) patches only parameters of leaf
         # modules when it loads a LoRA (ModelPatcher._load_list), so a modulation .diff would be
         # silently dropped at inference.
     return adapters

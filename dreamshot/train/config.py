@@ -31,6 +31,9 @@ FITS = ("pad_white", "crop", "stretch", "error")
 DEFAULT_LORA_TARGETS = ("self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o",
                         "cross_attn.q", "cross_attn.k", "cross_attn.v", "cross_attn.o", "ffn.0", "ffn.2")
 LORA_TARGET_CHOICES = DEFAULT_LORA_TARGETS
+# Top-level Wan DiT modules that lora.full_finetune_modules may train whole (a DiT trained from
+# scratch needs them; adapting a pretrained Wan does not).
+FULL_MODULE_CHOICES = ("patch_embedding", "text_embedding", "time_embedding", "time_projection", "head")
 
 
 class ConfigError(ValueError):
@@ -103,6 +106,7 @@ class LoRASection:
     blocks: Any = "all"              # "all" or a list of block indices
     dropout: float = 0.0
     full_finetune_blocks: list = field(default_factory=list)   # blocks trained fully (saved as .diff)
+    full_finetune_modules: list = field(default_factory=list)  # FULL_MODULE_CHOICES trained fully (.diff)
     save_dtype: str = "bf16"         # dtype of the final LoRA file (checkpoints keep fp32)
 
 
@@ -229,6 +233,10 @@ class TrainConfig:
             raise ConfigError(f"lora.targets {bad or '[]'}: choose from {list(LORA_TARGET_CHOICES)}")
         lo.blocks = _blocks("lora.blocks", lo.blocks)
         lo.full_finetune_blocks = list(_blocks("lora.full_finetune_blocks", lo.full_finetune_blocks) or [])
+        bad = [x for x in lo.full_finetune_modules if x not in FULL_MODULE_CHOICES]
+        if bad or len(set(lo.full_finetune_modules)) != len(lo.full_finetune_modules):
+            raise ConfigError(f"lora.full_finetune_modules {bad or lo.full_finetune_modules}: choose each at most once "
+                              f"from {list(FULL_MODULE_CHOICES)}")
         if not 0 <= lo.dropout < 1:
             raise ConfigError("lora.dropout must be in [0, 1)")
         _choice("lora.save_dtype", lo.save_dtype, DTYPES)

@@ -34,6 +34,7 @@ def lora_metadata(cfg: TrainConfig, base_model: str, step: int, dataset_hash: st
         "dreamshot.targets": json.dumps(lo.targets),
         "dreamshot.lora_blocks": json.dumps(lo.blocks),
         "dreamshot.full_finetune_blocks": json.dumps(lo.full_finetune_blocks),
+        "dreamshot.full_finetune_modules": json.dumps(lo.full_finetune_modules),
         "dreamshot.resolution": f"{cfg.data.width}x{cfg.data.height}",
         "dreamshot.repeat": str(cfg.data.repeat),
         "dreamshot.dataset_hash": dataset_hash,

@@ -92,7 +92,7 @@ class Trainer:
             raise ValueError(f"racl.layers {list(racl_layers)}: this model has blocks 0..{n_blocks - 1}")
         self.adapters = bridge.attach_trainable(
             base, rank=c.lora.rank, alpha=c.lora.alpha, targets=c.lora.targets, lora_blocks=c.lora_blocks(n_blocks),
-            full_blocks=c.lora.full_finetune_blocks, dropout=c.lora.dropout, seed=c.train.seed)
+            full_blocks=c.lora.full_finetune_blocks, full_modules=c.lora.full_finetune_modules, dropout=c.lora.dropout, seed=c.train.seed)
         racl = RACLConfig(lambda_racl=c.racl.lambda_racl, layers=racl_layers, kind=c.racl.kind, eps=c.racl.eps)
         self.story_model = bridge.StoryModel(base, self.adapters, c.train.gradient_checkpointing, racl)
         fsdp = c.distributed.strategy == "fsdp" and self.dist.enabled
