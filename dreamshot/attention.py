@@ -70,8 +70,8 @@ def per_shot_cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
 
     Frames are folded into the batch: [B, F*P] queries become [B*F, P] against each frame's own
     [L] text, one attention call with the FLOPs of plain cross-attention. When every frame has
-    text the result is returned as is (no extra buffer); otherwise text frames are computed in
-    chunks of at most an eighth of the frames into a zero output, bounding the extra memory.
+    text the result is returned as is (no extra buffer); otherwise the text frames are computed
+    in 16 slices of token rows into a zero output, bounding the extra memory.
     """
     _check(q, k, frame_segments, tokens_per_frame, num_segments)
     b, _, inner = q.shape
@@ -80,7 +80,7 @@ def per_shot_cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     kf, vf = (t.view(b, num_segments, seg_len, inner) for t in (k, v))
     qf = q.view(b, n_frames, p, inner)
 
-    def frames(first: int, end: int) -> torch.Tensor:
+    def keys(first: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
         segs = list(frame_segments[first:end])
         n = end - first
         if segs == list(range(segs[0], segs[0] + n)):  # consecutive segments: a view, no gather
@@ -88,20 +88,26 @@ def per_shot_cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
         else:
             index = torch.tensor(segs, device=k.device)
             ks, vs = kf.index_select(1, index), vf.index_select(1, index)
-        out = attention(qf[:, first:end].reshape(b * n, p, inner), ks.reshape(b * n, seg_len, inner),
-                        vs.reshape(b * n, seg_len, inner), heads)
-        return out.view(b, n * p, inner)
+        return ks.reshape(b * n, seg_len, inner), vs.reshape(b * n, seg_len, inner)
 
     if NO_TEXT not in frame_segments:
-        return frames(0, n_frames)
-    out = torch.zeros_like(q)  # NO_TEXT frames stay zero
-    chunk = max(1, -(-n_frames // 8))
+        ks, vs = keys(0, n_frames)
+        return attention(qf.reshape(b * n_frames, p, inner), ks, vs, heads).view(b, n_frames * p, inner)
+    # Frames without text keep a zero output. The text frames are computed in slices of token rows
+    # (every frame at once, so each call keeps the whole batch of frames): only a slice's queries and
+    # outputs exist beside ``out``.
+    out = torch.zeros_like(q)
+    out_f = out.view(b, n_frames, p, inner)
+    rows = max(1, -(-p // 16))
     for first, end, has_text in _text_runs(frame_segments):
         if not has_text:
             continue
-        for a in range(first, end, chunk):
-            e = min(end, a + chunk)
-            out[:, a * p:e * p] = frames(a, e)
+        n = end - first
+        ks, vs = keys(first, end)
+        for r in range(0, p, rows):
+            r_end = min(p, r + rows)
+            qc = qf[:, first:end, r:r_end].reshape(b * n, r_end - r, inner)
+            out_f[:, first:end, r:r_end] = attention(qc, ks, vs, heads).view(b, n, r_end - r, inner)
     return out
 
 
