@@ -80,3 +80,30 @@ def test_tiny_text_encoder_loads_and_encodes_without_padding(comfy_headless, tmp
     assert (a - b).abs().max() > 1e-3   # who is where changes the encoding
     with pytest.raises(ValueError, match="text_length"):
         _text_encoder(load_text_encoder(path), 3)("Mira at left, Theo at centre, Bob at right.")
+
+
+def test_tiny_dit_starts_as_a_velocity_model_that_passes_its_input_through(comfy_headless, tmp_path):
+    """dreamshot.proof.tiny_models.identity_init: loaded by ComfyUI's loader, the untrained DiT's
+    velocity is close to its input (v_hat ~ x_t), where the plain random DiT's is not."""
+    from dreamshot.comfy_bridge import training as bridge
+    from dreamshot.comfy_bridge.random_wan import random_wan_dit
+    from dreamshot.proof.tiny_models import DIT_SIZE, write_dit
+    from dreamshot.train.atomic import atomic_save_safetensors
+
+    write_dit(tmp_path / "dit.safetensors", 0)
+    plain = random_wan_dit(DIT_SIZE["dim"], DIT_SIZE["ffn_dim"], DIT_SIZE["num_layers"], 0)
+    atomic_save_safetensors(tmp_path / "plain.safetensors", plain.state_dict())
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(1, 16, 3, 6, 12, generator=g)
+    context = torch.randn(1, 32, 4096, generator=g)
+
+    def velocity_error(name: str, sigma: float) -> float:
+        m = bridge.load_dit(str(tmp_path / name), "fp32")
+        with torch.no_grad():
+            denoised = m.model.apply_model(x, torch.tensor([sigma]), c_crossattn=context)
+        v = (x - denoised) / sigma
+        return float((v - x).pow(2).mean() / x.pow(2).mean())
+
+    for sigma in (1.0, 0.5):
+        assert velocity_error("dit.safetensors", sigma) < 0.25
+    assert velocity_error("plain.safetensors", 1.0) > 0.8

@@ -29,7 +29,33 @@ _WORDS = [*ROLES, *SLOTS, "at", "and", "a", "the", "with", "in", "on", "shape", 
 
 def write_dit(path: str | Path, seed: int) -> Path:
     model = random_wan_dit(DIT_SIZE["dim"], DIT_SIZE["ffn_dim"], DIT_SIZE["num_layers"], seed)
+    identity_init(model)
     return atomic_save_safetensors(path, model.state_dict())
+
+
+@torch.no_grad()
+def identity_init(model) -> None:
+    """Start the random DiT as a velocity model that passes its input through (v_hat ~ x_t).
+
+    A flow model must return the noise it is given (v = noise - x0); a random DiT does not, and in
+    the proof's budget it never learned to, so every sample kept its starting noise. Here the head
+    is the pseudo-inverse of the patch embedding (scaled for unit-variance input, in the head's
+    (pt, ph, pw, c) output order), and the time embedding's last layer, the time projection and the
+    head's modulation start at zero (adaLN-zero, as DiT): blocks then add only small residuals
+    (their frozen modulation is 0.1-scale) and the head's shift/scale start at 0. Training grows
+    the time conditioning back (the proof trains these modules, lora.full_finetune_modules)."""
+    for t in (model.time_embedding[2].weight, model.time_embedding[2].bias, model.time_projection[1].weight,
+              model.time_projection[1].bias, model.head.modulation, model.head.head.bias):
+        t.zero_()
+    wp = model.patch_embedding.weight.flatten(1).double()           # [dim, c*pt*ph*pw], (c, pt, ph, pw)
+    pt, ph, pw = model.patch_size
+    c = model.out_dim
+    inv = torch.linalg.pinv(wp).view(c, pt, ph, pw, -1).permute(1, 2, 3, 0, 4).reshape(c * pt * ph * pw, -1)
+    # LayerNorm before the head divides by the std of the embedded token: undo it for unit-variance input.
+    probe = torch.randn(wp.shape[1], 4096, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    emb = wp @ probe
+    scale = ((emb - emb.mean(0)) ** 2).mean(0).sqrt().mean()
+    model.head.head.weight.copy_((inv * scale).to(model.head.head.weight.dtype))
 
 
 def _spiece_model(seed: int) -> bytes:
