@@ -14,8 +14,11 @@ from pathlib import Path
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.path.append(str(Path(__file__).resolve().parents[2]))  # dreamshot (after ComfyUI's root, see comfy_host)
 
 from support.workflow_builder import Graph  # noqa: E402
+
+from dreamshot.vistory.runner import OFFICIAL_NEGATIVE  # noqa: E402  (the official runner's negative prompt)
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = REPO / "workflows"
@@ -33,11 +36,6 @@ DIT_14B = "wan2.1_t2v_14B_bf16.safetensors"
 SFT_LORA = "sft_lora_model.safetensors"
 RL_LORA = "rl_lora_model.safetensors"
 DISTILL_LORA = "wan2.1_t2v_14b_lora_rank64_lightx2v_4step.safetensors"
-OFFICIAL_NEGATIVE = ("Bright tones, overexposed, static, blurred details, subtitles, style, works, paintings, images, "
-                     "static, overall gray, worst quality, low quality, JPEG compression residue, ugly, incomplete, "
-                     "extra fingers, poorly drawn hands, poorly drawn faces, deformed, disfigured, misshapen limbs, "
-                     "fused fingers, still picture, messy background, three legs, many people in the background, "
-                     "walking backwards")
 
 
 def _model_meta(name, folder):
