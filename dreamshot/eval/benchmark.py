@@ -40,9 +40,10 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from ..errors import DreamShotInputError
+from ..field_checks import FieldChecker
 
 FORMAT = "dreamshot-eval-benchmark"
 FORMAT_VERSION = 1
@@ -84,32 +85,7 @@ class Benchmark:
         return self.path.parent
 
 
-class _Checker:
-    def __init__(self, where: str, root: Path, check_files: bool):
-        self.where, self.root, self.check_files = where, root, check_files
-        self.problems: list[str] = []
-
-    def bad(self, fieldname: str, problem: str) -> None:
-        self.problems.append(f"{self.where}: {fieldname}: {problem}")
-
-    def unknown(self, prefix: str, obj: dict, allowed: set[str]) -> None:
-        for k in sorted(set(obj) - allowed):
-            self.bad(f"{prefix}{k}", f"unknown field (allowed: {', '.join(sorted(allowed))})")
-
-    def path(self, fieldname: str, value) -> str:
-        if not isinstance(value, str) or not value.strip():
-            self.bad(fieldname, f"expected a relative image path, got {value!r}")
-            return ""
-        p = PurePosixPath(value.replace("\\", "/"))
-        if p.is_absolute() or ".." in p.parts or re.match(r"^[A-Za-z]:", value):
-            self.bad(fieldname, f"{value!r} must be relative to the benchmark file's folder, without '..'")
-            return ""
-        if self.check_files and not (self.root / p).is_file():
-            self.bad(fieldname, f"file {value!r} not found in {self.root}")
-        return str(p)
-
-
-def _box(chk: _Checker, fieldname: str, raw) -> tuple[float, float, float, float] | None:
+def _box(chk: FieldChecker, fieldname: str, raw) -> tuple[float, float, float, float] | None:
     ok = isinstance(raw, list) and len(raw) == 4 and all(
         isinstance(v, (int, float)) and not isinstance(v, bool) for v in raw)
     if not ok or not (raw[2] > raw[0] and raw[3] > raw[1]) or min(raw) < 0:
@@ -118,7 +94,7 @@ def _box(chk: _Checker, fieldname: str, raw) -> tuple[float, float, float, float
     return tuple(float(v) for v in raw)
 
 
-def _story(chk: _Checker, i: int, raw) -> BenchStory | None:
+def _story(chk: FieldChecker, i: int, raw) -> BenchStory | None:
     pre = f"stories[{i}]"
     if not isinstance(raw, dict):
         chk.bad(pre, f"expected an object, got {type(raw).__name__}")
@@ -146,7 +122,7 @@ def _story(chk: _Checker, i: int, raw) -> BenchStory | None:
             chk.bad(cpre + ".reference", "missing (every character needs at least one reference image)")
             refs_raw = []
         many = isinstance(refs_raw, list)
-        refs = [chk.path(cpre + ".reference" + (f"[{k}]" if many else ""), r)
+        refs = [chk.path(cpre + ".reference" + (f"[{k}]" if many else ""), r) or ""
                 for k, r in enumerate(refs_raw if many else [refs_raw])]
         name = c.get("name", cid)
         if not isinstance(name, str) or not name.strip():
@@ -204,7 +180,7 @@ def read_benchmark(path, check_files: bool = True) -> Benchmark:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise DreamShotInputError("benchmark", f"'{path}' is not valid JSON ({e}).", fix) from e
-    chk = _Checker(path.name, path.parent.resolve(), check_files)
+    chk = FieldChecker(path.name, path.parent.resolve(), check_files, folder="benchmark file's folder")
     stories: list[BenchStory] = []
     if not isinstance(raw, dict):
         chk.bad("(top)", f"expected an object with 'stories', got {type(raw).__name__}")

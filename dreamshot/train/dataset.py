@@ -61,9 +61,11 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import torch
+
+from ..field_checks import FieldChecker
 
 MANIFEST = "manifest.jsonl"
 FORMAT_VERSION = 1
@@ -125,42 +127,7 @@ class SequenceEntry:
         return out
 
 
-class _Checker:
-    def __init__(self, where: str, root: Path, check_files: bool):
-        self.where = where
-        self.root = root
-        self.check_files = check_files
-        self.problems: list[str] = []
-
-    def bad(self, fieldname: str, problem: str) -> None:
-        self.problems.append(f"{self.where}: {fieldname}: {problem}")
-
-    def path(self, fieldname: str, value) -> str | None:
-        if not isinstance(value, str) or not value.strip():
-            self.bad(fieldname, f"expected a relative image path, got {value!r}")
-            return None
-        p = PurePosixPath(value.replace("\\", "/"))
-        if p.is_absolute() or ".." in p.parts or re.match(r"^[A-Za-z]:", value):
-            self.bad(fieldname, f"{value!r} must be relative to the dataset folder, without '..'")
-            return None
-        if self.check_files and not (self.root / p).is_file():
-            self.bad(fieldname, f"file {value!r} not found in {self.root}")
-        return str(p)
-
-    def string(self, fieldname: str, value, required: bool = False) -> str:
-        if value is None and not required:
-            return ""
-        if not isinstance(value, str):
-            self.bad(fieldname, f"expected a string, got {type(value).__name__}")
-            return ""
-        return value
-
-    def unknown(self, prefix: str, obj: dict, allowed: set[str]) -> None:
-        for k in sorted(set(obj) - allowed):
-            self.bad(f"{prefix}{k}", f"unknown field (allowed: {', '.join(sorted(allowed))})")
-
-
-def _parse_character(chk: _Checker, cid: str, raw) -> CharacterEntry | None:
+def _parse_character(chk: FieldChecker, cid: str, raw) -> CharacterEntry | None:
     pre = f"characters.{cid}"
     if not _ID_RE.match(cid):
         chk.bad(pre, "a character id uses letters, digits, '.', '_' and '-' only")
@@ -195,7 +162,7 @@ def _parse_character(chk: _Checker, cid: str, raw) -> CharacterEntry | None:
     return CharacterEntry(cid, name, tuple(r or "" for r in refs), tuple(masks), desc)
 
 
-def _parse_shot(chk: _Checker, j: int, raw, cast: set[str]) -> ShotEntry | None:
+def _parse_shot(chk: FieldChecker, j: int, raw, cast: set[str]) -> ShotEntry | None:
     pre = f"shots[{j}]"
     if not isinstance(raw, dict):
         chk.bad(pre, f"expected an object, got {type(raw).__name__}")
@@ -236,7 +203,7 @@ def _parse_shot(chk: _Checker, j: int, raw, cast: set[str]) -> ShotEntry | None:
 def parse_sequence(raw, where: str, root: Path, check_files: bool = True,
                    line: int = 0, source: str = "") -> tuple[SequenceEntry | None, list[str]]:
     """One manifest object -> (SequenceEntry or None, problems)."""
-    chk = _Checker(where, root, check_files)
+    chk = FieldChecker(where, root, check_files)
     if not isinstance(raw, dict):
         chk.bad("(line)", f"expected a JSON object, got {type(raw).__name__}")
         return None, chk.problems
