@@ -232,46 +232,15 @@ def sample_long_story(model, sequence, seed: int, steps: int, cfg: float, sample
     [H, W, 3]); a chunk whose shots are all in it is skipped and they serve as context.
     ``on_keyframes(targets, images)`` gets each chunk's new keyframes as soon as they exist and may
     return replacements used from then on (e.g. the images as saved to 8-bit PNG, so that a
-    resumed run continues from exactly what an uninterrupted one would). With ``done`` the latent
-    is None (skipped chunks have none).
+    resumed run continues from exactly what an uninterrupted one would). When a chunk was skipped
+    as done the latent is None (skipped chunks have none).
     """
     chunks = plan_chunks(sequence.layout.num_shots, chunk_size, context_shots)
     check_pass_budget(sequence.plan, chunks)
-    if done is not None or on_keyframes is not None:
-        return _sample_chunks_resumable(model, sequence, seed, steps, cfg, sampler_name, scheduler, ref_cfg,
-                                        chunks, on_chunk, dict(done or {}), on_keyframes)
-    if len(chunks) == 1:
-        if on_chunk:
-            on_chunk(sequence)
-        latent = sample_story(model, sequence, seed, steps, cfg, sampler_name, scheduler, ref_cfg=ref_cfg)
-        return keyframes_from_latent(sequence, latent), shot_latent(sequence.layout, latent)
-    progress = latent_preview.prepare_callback(model, steps * len(chunks))
-    keyframes: dict[int, torch.Tensor] = {}
-    latents = []
-    for n, (context, targets) in enumerate(chunks):
-        sub = chunk_sequence(sequence, context, targets, keyframes)
-        if on_chunk:
-            on_chunk(sub)
-        if sub.layout.generated_shots:
-            callback = _progress_callback(model, steps, offset=n * steps, total=steps * len(chunks),
-                                          progress=progress)
-            latent = sample_story(model, sub, seed, steps, cfg, sampler_name, scheduler, ref_cfg=ref_cfg,
-                                  callback=callback)
-        else:
-            latent = sub.latent
-        images = keyframes_from_latent(sub, latent)
-        for i, j in enumerate(targets):
-            keyframes[j] = images[len(context) + i]
-        fps = sub.layout.frames_per_shot
-        latents.append(shot_latent(sub.layout, latent)[:, :, len(context) * fps:])
-    images = torch.stack([keyframes[j] for j in range(sequence.layout.num_shots)])
-    return images, torch.cat(latents, dim=2)
-
-
-def _sample_chunks_resumable(model, sequence, seed, steps, cfg, sampler_name, scheduler, ref_cfg, chunks,
-                             on_chunk, keyframes: dict[int, torch.Tensor], on_keyframes):
+    keyframes: dict[int, torch.Tensor] = dict(done or {})
     todo = [(context, targets) for context, targets in chunks if not all(j in keyframes for j in targets)]
     progress = latent_preview.prepare_callback(model, max(1, steps * len(todo)))
+    latents = []
     for n, (context, targets) in enumerate(todo):
         missing = [j for j in context if j not in keyframes]
         if missing:  # only possible when a chunk before it was skipped as done but is incomplete
@@ -279,13 +248,19 @@ def _sample_chunks_resumable(model, sequence, seed, steps, cfg, sampler_name, sc
         sub = chunk_sequence(sequence, context, targets, keyframes) if len(chunks) > 1 else sequence
         if on_chunk:
             on_chunk(sub)
-        callback = _progress_callback(model, steps, offset=n * steps, total=steps * len(todo), progress=progress)
-        latent = sample_story(model, sub, seed, steps, cfg, sampler_name, scheduler, ref_cfg=ref_cfg,
-                              callback=callback) if sub.layout.generated_shots else sub.latent
+        if sub.layout.generated_shots:
+            callback = _progress_callback(model, steps, offset=n * steps, total=steps * len(todo), progress=progress)
+            latent = sample_story(model, sub, seed, steps, cfg, sampler_name, scheduler, ref_cfg=ref_cfg,
+                                  callback=callback)
+        else:
+            latent = sub.latent
         images = keyframes_from_latent(sub, latent)[len(context):]
         if on_keyframes is not None:
             replaced = on_keyframes(targets, images)
             images = images if replaced is None else replaced
         for i, j in enumerate(targets):
             keyframes[j] = images[i]
-    return torch.stack([keyframes[j] for j in range(sequence.layout.num_shots)]), None
+        latents.append(shot_latent(sub.layout, latent)[:, :, len(context) * sub.layout.frames_per_shot:])
+    images = torch.stack([keyframes[j] for j in range(sequence.layout.num_shots)])
+    # Skipped (already done) chunks have no latent: then there is no whole-story latent either.
+    return images, torch.cat(latents, dim=2) if len(todo) == len(chunks) else None
