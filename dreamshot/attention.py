@@ -9,6 +9,9 @@ The segmented implementation never builds an [all tokens x all text] mask: frame
 into the batch so one plain attention call computes every frame against its own prompt, with the
 cost of plain cross-attention. ``dense_masked_cross_attention`` is the straightforward masked
 reference it is tested against.
+
+A folded story context (dreamshot.text_fold: each segment's zero padding folded into a few rows)
+comes with an additive key bias, applied here per frame's own segment.
 """
 
 from __future__ import annotations
@@ -24,12 +27,15 @@ NO_TEXT = -1
 AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
 
 
-def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
-    """Plain multi-head attention on [B, L, H*d] tensors (PyTorch SDPA)."""
+def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
+                   key_bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Plain multi-head attention on [B, L, H*d] tensors (PyTorch SDPA); ``key_bias`` [B, Lk] is
+    added to every head's and query's logits (an additive mask broadcast, never expanded)."""
     b, lq, inner = q.shape
     d = inner // heads
-    qh, kh, vh = (t.view(b, -1, heads, d).transpose(1, 2) for t in (q, k, v))
-    out = F.scaled_dot_product_attention(qh, kh, vh)
+    qh, kh, vh = (t.reshape(b, -1, heads, d).transpose(1, 2) for t in (q, k, v))
+    mask = None if key_bias is None else key_bias.to(q.dtype)[:, None, None, :]
+    out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask)
     return out.transpose(1, 2).reshape(b, lq, inner)
 
 
@@ -56,7 +62,8 @@ def _check(q, k, frame_segments, tokens_per_frame, num_segments):
 
 def per_shot_cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
                              frame_segments: Sequence[int], tokens_per_frame: int, num_segments: int,
-                             attention: AttentionFn = sdpa_attention) -> torch.Tensor:
+                             attention: AttentionFn = sdpa_attention,
+                             key_bias: torch.Tensor | None = None) -> torch.Tensor:
     """Cross-attention where the tokens of frame f see only text segment ``frame_segments[f]``.
 
     Args:
@@ -67,6 +74,12 @@ def per_shot_cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
         tokens_per_frame: P.
         num_segments: how many equal segments the context holds.
         attention: the backend for each (unmasked) sub-attention, e.g. ComfyUI's optimized one.
+        key_bias: optional [B, num_segments*L] (or [num_segments*L]) additive logit bias per key,
+            the folded text's (dreamshot.text_fold.key_bias). When given, each frame's attention runs
+            through PyTorch SDPA with the frame's segment of it as an additive mask instead of
+            ``attention``: ComfyUI's backends cannot all take a mask reliably (flash refuses one and
+            falls back to SDPA with a warning on every call; sage attention has no additive mask;
+            xformers materialises it per query), and with folded text this cross-attention is small.
 
     Frames are folded into the batch: [B, F*P] queries become [B*F, P] against each frame's own
     [L] text, one attention call with the FLOPs of plain cross-attention. When every frame has
@@ -79,20 +92,29 @@ def per_shot_cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     seg_len = k.shape[1] // num_segments
     kf, vf = (t.view(b, num_segments, seg_len, inner) for t in (k, v))
     qf = q.view(b, n_frames, p, inner)
+    bf = None
+    if key_bias is not None:
+        if key_bias.shape[-1] != k.shape[1] or key_bias.ndim not in (1, 2):
+            raise ValueError(f"key bias of shape {tuple(key_bias.shape)} for {k.shape[1]} keys")
+        bf = key_bias.to(q.device).expand(b, k.shape[1]).view(b, num_segments, seg_len)
 
-    def keys(first: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def keys(first: int, end: int):
         segs = list(frame_segments[first:end])
         n = end - first
-        if segs == list(range(segs[0], segs[0] + n)):  # consecutive segments: a view, no gather
-            ks, vs = kf[:, segs[0]:segs[0] + n], vf[:, segs[0]:segs[0] + n]
-        else:
-            index = torch.tensor(segs, device=k.device)
-            ks, vs = kf.index_select(1, index), vf.index_select(1, index)
-        return ks.reshape(b * n, seg_len, inner), vs.reshape(b * n, seg_len, inner)
+        consecutive = segs == list(range(segs[0], segs[0] + n))
+        index = None if consecutive else torch.tensor(segs, device=k.device)
+
+        def pick(t):  # consecutive segments: a view, no gather
+            return t[:, segs[0]:segs[0] + n] if consecutive else t.index_select(1, index.to(t.device))
+        ks, vs = pick(kf).reshape(b * n, seg_len, inner), pick(vf).reshape(b * n, seg_len, inner)
+        return ks, vs, None if bf is None else pick(bf).reshape(b * n, seg_len)
+
+    def attend(qs, ks, vs, bs):
+        return attention(qs, ks, vs, heads) if bs is None else sdpa_attention(qs, ks, vs, heads, bs)
 
     if NO_TEXT not in frame_segments:
-        ks, vs = keys(0, n_frames)
-        return attention(qf.reshape(b * n_frames, p, inner), ks, vs, heads).view(b, n_frames * p, inner)
+        ks, vs, bs = keys(0, n_frames)
+        return attend(qf.reshape(b * n_frames, p, inner), ks, vs, bs).view(b, n_frames * p, inner)
     # Frames without text keep a zero output. The text frames are computed in slices of token rows
     # (every frame at once, so each call keeps the whole batch of frames): only a slice's queries and
     # outputs exist beside ``out``.
@@ -103,11 +125,11 @@ def per_shot_cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
         if not has_text:
             continue
         n = end - first
-        ks, vs = keys(first, end)
+        ks, vs, bs = keys(first, end)
         for r in range(0, p, rows):
             r_end = min(p, r + rows)
             qc = qf[:, first:end, r:r_end].reshape(b * n, r_end - r, inner)
-            out_f[:, first:end, r:r_end] = attention(qc, ks, vs, heads).view(b, n, r_end - r, inner)
+            out_f[:, first:end, r:r_end] = attend(qc, ks, vs, bs).view(b, n, r_end - r, inner)
     return out
 
 

@@ -12,12 +12,13 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .attention import NO_TEXT, pad_segments
+from .attention import NO_TEXT
 from .errors import DreamShotInputError
 from .images import fit_image, fit_mask
 from .layout import DEFAULT_MAX_LATENT_FRAMES, StoryLayout, check_resolution
 from .modes import Mode, resolve_clean_shots
 from .packing import VideoVAE, pack_latent
+from .text_fold import FoldedText, TextSegment, fold_text, split_zero_rows, unfold_context
 
 
 @dataclass(frozen=True)
@@ -216,6 +217,10 @@ class StorySequence:
     negative: torch.Tensor        # same shape: the negative prompt per shot, captions for refs
     segment_length: int
     vae: Any = field(default=None, repr=False)   # decodes the result; opaque here
+    # Folded text (dreamshot.text_fold): per segment, the zero rows of the unfolded prompt encoding
+    # that its trailing zero rows stand for. None: the contexts are used as they are (no key bias).
+    positive_zero_rows: tuple[int, ...] | None = None
+    negative_zero_rows: tuple[int, ...] | None = None
 
     @property
     def layout(self) -> StoryLayout:
@@ -237,7 +242,9 @@ def encode_story(plan: StoryPlan, vae: VideoVAE, encode_text: Callable[[str], to
                  negative_prompt: str = "") -> StorySequence:
     """Run the VAE and the text encoder: the packed latent and the per-segment contexts.
 
-    ``encode_text(text) -> [1, L, C]``. Each distinct text is encoded once.
+    ``encode_text(text) -> [1, L, C]``. Each distinct text is encoded once. The contexts are folded
+    (dreamshot.text_fold): each segment keeps its non-zero rows and as few zero rows as the longest
+    segment needs, with the counts that keep the attention exactly that of the padded prompts.
     """
     latent = pack_latent(vae, plan.layout, plan.ref_images, plan.shot_images)
     cache: dict[str, torch.Tensor] = {}
@@ -252,10 +259,51 @@ def encode_story(plan: StoryPlan, vae: VideoVAE, encode_text: Callable[[str], to
     # Negative: the negative prompt in every shot segment; reference captions unchanged, so CFG
     # pushes only on the shots' text.
     negative_parts = [enc(negative_prompt)] * n_shots + positive_parts[n_shots:]
-    # Positive and negative share one segment length so ComfyUI batches them together.
-    seg_len = max(p.shape[1] for p in positive_parts + negative_parts)
-    if seg_len * len(positive_parts) == plan.layout.num_tokens:
-        seg_len += 1
-    pos = pad_segments(positive_parts, seg_len)
-    neg = pad_segments(negative_parts, seg_len)
-    return StorySequence(plan=plan, latent=latent, positive=pos, negative=neg, segment_length=seg_len, vae=vae)
+    text = fold_story_text(positive_parts, negative_parts, plan.layout.num_tokens)
+    return StorySequence(plan=plan, latent=latent, positive=text.positive, negative=text.negative,
+                         segment_length=text.segment_length, vae=vae, positive_zero_rows=text.positive_zero_rows,
+                         negative_zero_rows=text.negative_zero_rows)
+
+
+def fold_story_text(positive_parts: Sequence[torch.Tensor], negative_parts: Sequence[torch.Tensor],
+                    num_tokens: int) -> FoldedText:
+    """Positive and negative prompt encodings [1, L_i, C] (one per segment) -> the folded contexts,
+    exactly equivalent to the unfolded ones: pad_segments of each to the longest prompt (+1 where
+    n * length would equal the image-token count: the attention hook tells self- from
+    cross-attention by key length). Positive and negative share one segment length so ComfyUI
+    batches them together."""
+    unfolded = max(p.shape[1] for p in list(positive_parts) + list(negative_parts))
+    if unfolded * len(positive_parts) == num_tokens:
+        unfolded += 1
+    return fold_text([split_zero_rows(p, unfolded) for p in positive_parts],
+                     [split_zero_rows(p, unfolded) for p in negative_parts], avoid_length=num_tokens)
+
+
+def fold_chunk_text(positive: Sequence[TextSegment], negative: Sequence[TextSegment], segment_length: int,
+                    num_tokens: int) -> FoldedText:
+    """A pass over some of a story's segments (long stories in chunks): the story's segments
+    (text_fold.context_segments) folded again for a pass of ``num_tokens`` image tokens, at least as
+    long as the story's (so a chunk's segments are the story's rows), exactly equivalent to the
+    story's unfolded segments re-padded as pad_segments does (+1 row where n * length would equal
+    ``num_tokens``)."""
+    unfolded = {s.rows.shape[1] + s.zero_rows for s in list(positive) + list(negative)}
+    if len(unfolded) != 1:
+        raise ValueError(f"segments stand for different unfolded lengths {sorted(unfolded)}")
+    extra = 1 if unfolded.pop() * len(positive) == num_tokens else 0
+
+    def more(segs):
+        return [TextSegment(s.rows, s.zero_rows + extra) for s in segs]
+    return fold_text(more(positive), more(negative), avoid_length=num_tokens, min_length=segment_length)
+
+
+def unfold_story(sequence: StorySequence) -> StorySequence:
+    """The same story with the contexts padded as before folding (no key bias): for tests and for
+    comparing against the unfolded attention."""
+    from dataclasses import replace
+
+    if sequence.positive_zero_rows is None:
+        return sequence
+    pos = unfold_context(sequence.positive, sequence.positive_zero_rows)
+    neg = unfold_context(sequence.negative, sequence.negative_zero_rows)
+    return replace(sequence, positive=pos, negative=neg, segment_length=pos.shape[1] // sequence.num_segments,
+                   positive_zero_rows=None, negative_zero_rows=None)

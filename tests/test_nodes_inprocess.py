@@ -132,9 +132,12 @@ def test_shot_prompt_reaches_only_its_own_shot_in_cross_attention(N, pack_module
         handle.remove()
     lay = seq_a.layout
     span = {j: slice(*lay.shot_token_span(j)) for j in range(3)}
-    assert torch.equal(first_a[:, span[0]], first_b[:, span[0]])     # shot 1 unchanged
-    assert torch.equal(first_a[:, span[2]], first_b[:, span[2]])     # shot 3 unchanged
-    assert not torch.equal(first_a[:, span[1]], first_b[:, span[1]])  # shot 2 follows its prompt
+    # Shots 1 and 3 unchanged up to float rounding: the folded text (dreamshot.text_fold) gives every
+    # segment as many padding rows as the longest prompt needs, so another shot's prompt changes how
+    # their zero padding is split into rows (same sum), not what they attend to.
+    torch.testing.assert_close(first_a[:, span[0]], first_b[:, span[0]], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(first_a[:, span[2]], first_b[:, span[2]], rtol=1e-5, atol=1e-7)
+    assert (first_a[:, span[1]] - first_b[:, span[1]]).abs().max() > 1e-3   # shot 2 follows its prompt
 
 
 # -- modes --------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ pure pieces first, then the node inside the real ComfyUI on the tiny models."""
 
 from __future__ import annotations
 
+import dataclasses
 
 import pytest
 import torch
@@ -125,8 +126,7 @@ def test_ref_cfg_adds_exactly_one_pass_per_step_and_changes_the_output(N, tiny_w
 def test_no_refs_pass_really_hides_the_references(N, sampling, tiny_wan_model, r2s):
     """ref_cfg=0 keeps only the pass where shots are blind to the references: changing the reference
     latent then cannot change the shots."""
-    seq2 = type(r2s)(plan=r2s.plan, latent=r2s.latent.clone(), positive=r2s.positive, negative=r2s.negative,
-                     segment_length=r2s.segment_length, vae=r2s.vae)
+    seq2 = dataclasses.replace(r2s, latent=r2s.latent.clone())
     seq2.latent[:, :, :r2s.layout.num_refs] += 0.5
     with torch.inference_mode():
         a = sampling.sample_story(tiny_wan_model, r2s, 5, STEPS, 1.0, "euler", "simple", ref_cfg=0.0)

@@ -18,12 +18,12 @@ import comfy.utils
 import latent_preview
 import torch
 
-from ..attention import pad_segments
 from ..errors import DreamShotInputError
 from ..guidance import two_scale_guidance
 from ..modes import Mode
 from ..packing import decode_keyframes, pack_latent, shot_latent
-from ..story import Character, Shot, StorySequence, plan_story
+from ..story import Character, Shot, StorySequence, fold_chunk_text, plan_story, unfold_story
+from ..text_fold import context_segments
 from .wan_patches import NO_REFS_KEY, patch_for_story
 
 
@@ -201,21 +201,19 @@ def chunk_sequence(sequence: StorySequence, context: list[int], targets: list[in
                      fit="stretch", max_latent_frames=10 ** 6)
 
     # Text: the sequence's segments, re-used (shots by index, captions by text).
-    seg = sequence.segment_length
-
-    def segment(tensor, i):
-        return tensor[:, i * seg:(i + 1) * seg]
     caption_index = {plan.prompts[i]: i for i in range(n_shots, len(plan.prompts))}
-    shot_ids = context + targets
-    pos = [segment(sequence.positive, j) for j in shot_ids]
-    neg = [segment(sequence.negative, j) for j in shot_ids]
-    for text in sub.prompts[len(shot_ids):]:
-        pos.append(segment(sequence.positive, caption_index[text]))
-        neg.append(segment(sequence.positive, caption_index[text]))
-    seg_len = seg + 1 if seg * len(pos) == sub.layout.num_tokens else seg
+    ids = context + targets + [caption_index[text] for text in sub.prompts[len(context + targets):]]
+    n = sequence.num_segments
+    all_pos = context_segments(sequence.positive, n, sequence.positive_zero_rows)
+    all_neg = context_segments(sequence.negative, n, sequence.negative_zero_rows)
+    pos = [all_pos[i] for i in ids]
+    neg = [all_neg[i] if i < n_shots else all_pos[i] for i in ids]
     latent = pack_latent(sequence.vae, sub.layout, sub.ref_images, sub.shot_images)
-    return StorySequence(plan=sub, latent=latent, positive=pad_segments(pos, seg_len),
-                         negative=pad_segments(neg, seg_len), segment_length=seg_len, vae=sequence.vae)
+    text = fold_chunk_text(pos, neg, sequence.segment_length, sub.layout.num_tokens)
+    chunk = StorySequence(plan=sub, latent=latent, positive=text.positive, negative=text.negative,
+                          segment_length=text.segment_length, vae=sequence.vae,
+                          positive_zero_rows=text.positive_zero_rows, negative_zero_rows=text.negative_zero_rows)
+    return chunk if sequence.positive_zero_rows is not None else unfold_story(chunk)
 
 
 def sample_long_story(model, sequence, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str,

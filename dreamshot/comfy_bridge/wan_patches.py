@@ -5,7 +5,9 @@
   scale_latent_inpaint hands the model the clean latent), so references and kept shots reach
   the DiT exactly clean at t = 0.
 - Per-shot cross-attention: transformer_options["optimized_attention_override"], reading the
-  story's frame -> prompt-segment map from transformer_options["dreamshot"].
+  story's frame -> prompt-segment map from transformer_options["dreamshot"]. A folded story text
+  (dreamshot.text_fold) adds its key bias: positive rows for the batch chunks ComfyUI marks 0 in
+  transformer_options["cond_or_uncond"], negative rows for those marked 1.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from . import role_patch
 from ..attention import per_shot_cross_attention
 from ..clean_frames import per_frame_timestep
 from ..guidance import self_attention_without_refs
+from ..text_fold import StoryKeyBias, key_bias
 
 STORY_KEY = "dreamshot"
 SELF_ATTENTION_HOOKS_KEY = "dreamshot_self_attention"
@@ -95,16 +98,20 @@ def _attention_override(previous):
         def backend(qs, ks, vs, h):
             return func(qs, ks, vs, h, transformer_options=transformer_options, **kwargs)
 
+        bias = story.get("key_bias")
+        if bias is not None:
+            bias = bias.for_batch(transformer_options.get("cond_or_uncond"), q.shape[0], q.device, q.dtype)
         return per_shot_cross_attention(q, k, v, heads, story["frame_segments"], story["tokens_per_frame"],
-                                         story["num_segments"], attention=backend)
+                                         story["num_segments"], attention=backend, key_bias=bias)
 
     return override
 
 
 def story_options(sequence) -> dict:
-    """What the attention hook needs to know of a story (plain Python values)."""
+    """What the attention hook needs to know of a story (plain Python values, and the folded text's
+    key bias when the story has one)."""
     lay = sequence.layout
-    return {
+    options = {
         "frame_segments": list(sequence.plan.frame_segments),
         "tokens_per_frame": lay.tokens_per_frame,
         "num_tokens": lay.num_tokens,
@@ -112,6 +119,11 @@ def story_options(sequence) -> dict:
         "num_segments": sequence.num_segments,
         "context_length": sequence.num_segments * sequence.segment_length,
     }
+    positive_zero_rows = getattr(sequence, "positive_zero_rows", None)
+    if positive_zero_rows is not None:
+        options["key_bias"] = StoryKeyBias(key_bias(sequence.positive, positive_zero_rows),
+                                           key_bias(sequence.negative, sequence.negative_zero_rows))
+    return options
 
 
 def patch_for_story(model, sequence):
