@@ -6,16 +6,22 @@ from __future__ import annotations
 import torch
 
 from ..layout import StoryLayout
-from ..story import Character, Shot, StorySequence, plan_story
+from ..story import Character, Shot, StorySequence, fold_story_text, plan_story
 from .measure import measure
 
 TEXT_LEN = 512
 DENSE_CLIP_FRAMES = 81  # Wan2.1's clip length: 21 latent frames
+NEGATIVE_SEED = 1000
 
 
-def _context(n_prompts: int, seed: int) -> torch.Tensor:
+def _prompt(seed: int) -> torch.Tensor:
+    """[1, 512, 4096] shaped like ComfyUI's Wan UMT5 output: 20-60 real token rows, then rows of exact
+    zeros up to 512 (zero_out_masked)."""
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(1, n_prompts * TEXT_LEN, 4096, generator=g) * 0.1
+    real = int(torch.randint(20, 61, (1,), generator=g))
+    out = torch.zeros(1, TEXT_LEN, 4096)
+    out[:, :real] = torch.randn(1, real, 4096, generator=g) * 0.1
+    return out
 
 
 def _sequence(shots: int, refs: int, width: int, height: int) -> StorySequence:
@@ -25,9 +31,12 @@ def _sequence(shots: int, refs: int, width: int, height: int) -> StorySequence:
     lay = plan.layout
     latent = torch.randn(1, 16, lay.num_latent_frames, lay.latent_height, lay.latent_width,
                          generator=torch.Generator().manual_seed(1))
+    # As encode_story: one prompt per segment, the negative prompt in every shot segment, folded.
     n = len(plan.prompts)
-    return StorySequence(plan=plan, latent=latent, positive=_context(n, 2), negative=_context(n, 3),
-                         segment_length=TEXT_LEN)
+    text = fold_story_text([_prompt(2 + i) for i in range(n)], [_prompt(NEGATIVE_SEED)] * n, lay.num_tokens)
+    return StorySequence(plan=plan, latent=latent, positive=text.positive, negative=text.negative,
+                         segment_length=text.segment_length, positive_zero_rows=text.positive_zero_rows,
+                         negative_zero_rows=text.negative_zero_rows)
 
 
 def bench_sampler(model, shots: int, refs: int, width: int, height: int, steps: int, device, repeats=2) -> dict:
@@ -37,7 +46,7 @@ def bench_sampler(model, shots: int, refs: int, width: int, height: int, steps: 
 
     seq = _sequence(shots, refs, width, height)
     latent = seq.latent
-    stock_pos, stock_neg = [[_context(1, 2), {}]], [[_context(1, 3), {}]]
+    stock_pos, stock_neg = [[_prompt(2), {}]], [[_prompt(NEGATIVE_SEED), {}]]
     noise = comfy.sample.prepare_noise(latent, 0)
 
     def stock():
@@ -66,7 +75,7 @@ def bench_keyframes_vs_dense(model, shots: int, refs: int, width: int, height: i
     lay = StoryLayout(0, 1, width, height)
     dense_frames = (DENSE_CLIP_FRAMES - 1) // 4 + 1
     clip = torch.randn(1, 16, dense_frames, lay.latent_height, lay.latent_width)
-    pos, neg = [[_context(1, 2), {}]], [[_context(1, 3), {}]]
+    pos, neg = [[_prompt(2), {}]], [[_prompt(NEGATIVE_SEED), {}]]
     noise = comfy.sample.prepare_noise(clip, 0)
 
     def dense_one_clip():
