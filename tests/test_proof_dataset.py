@@ -13,7 +13,7 @@ import pytest
 
 from dreamshot.proof import dataset as ds
 from dreamshot.proof.report import Tally, chance_accuracy, markdown_table, score_placement, score_story
-from dreamshot.shapes import SHAPE_CAST, classify_region, render_scene
+from dreamshot.shapes import SHAPE_CAST, classify_region, draw_character
 
 W, H = 96, 48
 
@@ -66,25 +66,30 @@ def test_classifier_is_exact_on_clean_renders():
     tally = Tally()
     for spec in stories:
         score_story(tally, [ds.render_shot(spec, j, W, H)[0] for j in range(3)], spec)
-    assert tally.total > 150 and tally.counts["correct"] == tally.total
+    assert tally.total >= 120 and tally.counts["correct"] == tally.total
     for ci in range(len(SHAPE_CAST)):
         image, mask = ds.render_reference(ci, W, H)
         assert classify_region(image, mask)[0] == ci
 
 
+def _scene(placements) -> np.ndarray:
+    image = ds.shot_background(W, H)
+    for ci, slot in placements:
+        draw_character(image, SHAPE_CAST[ci], ds.slot_box(slot, W, H))
+    return image
+
+
 def test_scoring_tells_confusion_from_other_and_none():
-    spec = ds.StorySpec("t", {"Mira": 0, "Theo": 1},
+    spec = ds.StorySpec("t", {"Mira": 0, "Theo": 1, "Alice": 2},
                         [[ds.Placement(0, "Mira", "left", ds.slot_box("left", W, H)),
-                          ds.Placement(1, "Theo", "right", ds.slot_box("right", W, H))]], [5])
-    left, right = spec.shots[0][0].box, spec.shots[0][1].box
-    swapped, _ = render_scene(W, H, [(SHAPE_CAST[1], left), (SHAPE_CAST[4], right)], 5)
-    assert score_placement(swapped, spec, 0, 0) == "confused"     # Theo where Mira should be
-    assert score_placement(swapped, spec, 0, 1) == "other"        # Plum is not in this story
-    empty, _ = render_scene(W, H, [], 5)
-    assert score_placement(empty, spec, 0, 0) == "none"
-    right_way, _ = render_scene(W, H, [(SHAPE_CAST[0], left), (SHAPE_CAST[1], right)], 5)
+                          ds.Placement(1, "Theo", "right", ds.slot_box("right", W, H))]])
+    swapped = _scene([(1, "left"), (0, "right")])
+    assert [score_placement(swapped, spec, 0, k) for k in (0, 1)] == ["confused", "confused"]
+    other = _scene([(4, "left"), (2, "right")])                    # Plum is not in this story; Alice is
+    assert [score_placement(other, spec, 0, k) for k in (0, 1)] == ["other", "confused"]
+    assert score_placement(_scene([(0, "centre")]), spec, 0, 0) == "none"   # Mira, but not at left
     t = Tally()
-    assert score_story(t, [right_way], spec) == [["correct", "correct"]]
+    assert score_story(t, [_scene([(0, "left"), (1, "right")])], spec) == [["correct", "correct"]]
     assert t.rate("correct") == 1.0 and t.total == 2
 
 
@@ -95,12 +100,17 @@ def test_table_is_well_formed():
     lines = table.splitlines()
     assert lines[0].startswith("| condition |") and all(line.count("|") == 7 for line in lines)
     assert "| R2S | 4 | 75.0% | 25.0% | 0.0% | 0.0% |" in lines
-    assert 1 / 3 <= chance_accuracy(stories) <= 1 / 2
+    assert 1 / 4 <= chance_accuracy(stories) <= 1 / 3
 
 
-def test_slot_boxes_stay_in_their_third():
+def test_slot_boxes_stay_in_their_third_and_shots_follow_the_layout():
     for k, slot in enumerate(ds.SLOTS):
         x0, y0, x1, y1 = ds.slot_box(slot, W, H)
         assert k * W // 3 <= x0 < x1 <= (k + 1) * W // 3 and 0 < y0 < y1 < H
+    for spec in ds.make_stories(30, 2, W, H, "s"):
+        assert 3 <= len(spec.cast) <= 4
+        assert {p.character for shot in spec.shots for p in shot} == set(spec.cast.values())   # all appear
+        for shot in spec.shots:
+            assert tuple(p.slot for p in shot) == ds.LAYOUT[len(shot)] and len(shot) <= ds.MAX_PER_SHOT
     with pytest.raises(ValueError):
         ds.slot_box("top", W, H)

@@ -57,29 +57,36 @@ def test_round_trip_keeps_identity_and_latent_is_normalised(block_vae):
     assert normed.mean().abs() < 0.05 and (normed.std(dim=(0, 2, 3, 4)) - 1).abs().max() < 0.05
     torch.testing.assert_close(normed[:, 3], normed[:, 0], atol=1e-4, rtol=1e-4)   # R again
     tally = Tally()
-    for spec in ds.make_stories(10, 4, 96, 48, "h"):   # held-out scenes
+    for spec in ds.make_stories(16, 4, 96, 48, "h"):   # held-out scenes
         decoded = []
         for j in range(3):
             x = torch.from_numpy(ds.render_shot(spec, j, 96, 48)[0][None]).float() / 255
             decoded.append((fast.decode(fast.encode(x))[0, 0].numpy() * 255).round().astype(np.uint8))
         score_story(tally, decoded, spec)
-    assert tally.counts["correct"] == tally.total > 30
+    assert tally.counts["correct"] == tally.total >= 48
 
 
-def test_tiny_text_encoder_loads_and_encodes_without_padding(comfy_headless, tmp_path):
+def test_tiny_text_encoder_keeps_words_and_encodes_without_padding(comfy_headless, tmp_path):
     from dreamshot.proof.run import _text_encoder, load_text_encoder
     from dreamshot.proof.tiny_models import write_text_encoder
 
     path = write_text_encoder(tmp_path / "umt5.safetensors", seed=0)
-    encode = _text_encoder(load_text_encoder(path), 32)
+    clip = load_text_encoder(path)
+    encode = _text_encoder(clip, 32)
     a = encode("Mira at left, Theo at right.")
     b = encode("Theo at left, Mira at right.")
+    c = encode("Mira")
     assert a.shape == b.shape == (1, 32, 4096)
     used = int((a[0].abs().sum(-1) > 0).sum())
-    assert 4 <= used < 32 and (a[0, used:] == 0).all()
-    assert (a - b).abs().max() > 1e-3   # who is where changes the encoding
+    assert used == len(clip.tokenize("Mira at left, Theo at right.")["umt5xxl"][0]) and (a[0, used:] == 0).all()
+    cos = torch.nn.functional.cosine_similarity
+    # a name stays itself wherever it stands (a fully random 24-layer UMT5 gave ~0.2) ...
+    assert cos(a[0, 0], b[0, 4], dim=0) > 0.9 and cos(a[0, 0], c[0, 0], dim=0) > 0.85
+    # ... different names stay apart, and context still changes the encoding a little
+    assert cos(a[0, 0], a[0, 4], dim=0).abs() < 0.3
+    assert (a[0, 2] - b[0, 2]).abs().max() > 1e-3
     with pytest.raises(ValueError, match="text_length"):
-        _text_encoder(load_text_encoder(path), 3)("Mira at left, Theo at centre, Bob at right.")
+        _text_encoder(clip, 3)("Mira at left, Theo at centre, Bob at right.")
 
 
 def test_tiny_dit_starts_as_a_velocity_model_that_passes_its_input_through(comfy_headless, tmp_path):

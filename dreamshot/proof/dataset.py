@@ -1,13 +1,19 @@
 """The "shapes story" dataset: stories of shape characters, in dreamshot.train's manifest format.
 
-Each story draws 2-3 characters from :data:`dreamshot.shapes.SHAPE_CAST` and gives each a **role
-name** drawn at random per story (``ROLES``). Captions and reference descriptions use only role
-names and places ("Mira at left, Theo at right"), never colours or shapes, so the text alone cannot
-say which shape "Mira" is: only the reference images can. That is the contrast the proof measures.
+Each story draws 3 characters (at most one per shot, so all appear) from
+:data:`dreamshot.shapes.SHAPE_CAST` and gives each a **role name** drawn at random per story
+(``ROLES``). Captions and reference descriptions use only role names and places ("Mira at
+centre."), never colours or shapes, so the text alone cannot say which shape "Mira" is: only the
+reference images can. That is the contrast the proof measures.
 
-Shots are ``width`` x ``height`` scenes with 1-3 of the story's characters in fixed slots (left,
-centre, right, with a small jitter); references are one character alone on a plain background,
-with its saliency mask; every shot has one mask per character (RACL uses them).
+Shots are ``width`` x ``height`` scenes on one plain background with the story's characters placed
+by count (``LAYOUT``; one: centre; two: left and right, in caption order), each slot a whole number
+of DiT patches wide, inside a dark frame. Wan's RoPE is relative and the proof's block VAE has no
+border effects, so without the frame nothing would tell a token where in the shot it is. Earlier
+versions (random sky/ground backgrounds, 1-3 characters in jittered slots, no frame) left the tiny
+DiT to learn scenery it could not predict and positions it could not observe.
+References are one character alone on a plain light background, with its saliency mask; every
+shot has one mask per character (RACL uses them).
 """
 
 from __future__ import annotations
@@ -19,12 +25,20 @@ from pathlib import Path
 
 import numpy as np
 
-from ..shapes import SHAPE_CAST, draw_character, render_scene
+from ..shapes import SHAPE_CAST, draw_character
 from ..train.atomic import atomic_write, atomic_write_text
 
 ROLES = ("Mira", "Theo", "Alice", "Bob")
 SLOTS = ("left", "centre", "right")
 REFERENCE_BACKGROUND = 235  # plain, unsaturated: nobody's colour
+SHOT_BACKGROUND = 120        # plain grey, the same in every shot
+FRAME = (4, 60)              # a dark 4-px frame around every shot: (width px, grey level)
+# One character per shot. Runs with two (left and right, "Mira at left, Theo at right.") left most
+# slots empty at this budget (60-70 % of placements without any character, with or without RACL),
+# so they could not show identity; the layouts are kept for them.
+MAX_PER_SHOT = 1
+CAST_SIZES = (3, 4)
+LAYOUT = {1: ("centre",), 2: ("left", "right"), 3: ("left", "centre", "right")}
 
 
 @dataclass(frozen=True)
@@ -40,38 +54,37 @@ class StorySpec:
     id: str
     cast: dict[str, int]                # role -> SHAPE_CAST index
     shots: list[list[Placement]]
-    backgrounds: list[int]              # background seed per shot
 
     def caption(self, j: int) -> str:
         return ", ".join(f"{p.role} at {p.slot}" for p in self.shots[j]) + "."
 
 
-def slot_box(slot: str, width: int, height: int, rng: random.Random | None = None) -> tuple[int, int, int, int]:
-    """The box of a slot: a third of the width, most of the height, jittered by up to 2 px."""
+def slot_box(slot: str, width: int, height: int) -> tuple[int, int, int, int]:
+    """The box of a slot: a third of the width (at 96 px, two 16-px DiT patches), most of the height."""
     k = SLOTS.index(slot)
     w = width // 3
-    jx = rng.randint(-2, 2) if rng else 0
-    jy = rng.randint(-2, 2) if rng else 0
     pad_x, pad_y = max(1, w // 10), max(1, height // 8)
-    return (k * w + pad_x + jx, pad_y + jy, (k + 1) * w - pad_x + jx, height - pad_y + jy)
+    return (k * w + pad_x, pad_y, (k + 1) * w - pad_x, height - pad_y)
 
 
 def make_story(story_id: str, rng: random.Random, width: int, height: int, num_shots: int = 3) -> StorySpec:
-    n_chars = rng.choice((2, 3))
+    n_chars = min(rng.choice(CAST_SIZES), num_shots * MAX_PER_SHOT)
     chars = rng.sample(range(len(SHAPE_CAST)), n_chars)
     roles = rng.sample(ROLES, n_chars)
     cast = dict(zip(roles, chars))
-    shots, seen = [], set()
-    while len(shots) < num_shots:
-        who = rng.sample(roles, rng.randint(1, n_chars))
-        slots = sorted(rng.sample(SLOTS, len(who)), key=SLOTS.index)
-        # No caption twice in a story: dreamshot.train's cache cannot save two shots with the same
-        # caption (they share one text tensor and safetensors refuses shared memory).
-        if tuple(zip(who, slots)) in seen:
-            continue
-        seen.add(tuple(zip(who, slots)))
-        shots.append([Placement(cast[r], r, s, slot_box(s, width, height, rng)) for r, s in zip(who, slots)])
-    return StorySpec(story_id, cast, shots, [rng.randrange(10 ** 6) for _ in range(num_shots)])
+    # Every character appears in some shot: training packs only the references of characters in the
+    # shots (as the official code does), and sampling gives the same references.
+    while True:
+        shots, seen = [], set()
+        while len(shots) < num_shots:
+            who = rng.sample(roles, rng.randint(1, min(n_chars, MAX_PER_SHOT)))
+            # No caption twice in a story (it also makes the shots of a story differ).
+            if tuple(who) in seen:
+                continue
+            seen.add(tuple(who))
+            shots.append([Placement(cast[r], r, s, slot_box(s, width, height)) for r, s in zip(who, LAYOUT[len(who)])])
+        if {p.role for shot in shots for p in shot} == set(roles):
+            return StorySpec(story_id, cast, shots)
 
 
 def make_stories(count: int, seed: int, width: int, height: int, prefix: str, num_shots: int = 3) -> list[StorySpec]:
@@ -80,8 +93,14 @@ def make_stories(count: int, seed: int, width: int, height: int, prefix: str, nu
 
 
 def render_shot(spec: StorySpec, j: int, width: int, height: int) -> tuple[np.ndarray, list[np.ndarray]]:
-    return render_scene(width, height, [(SHAPE_CAST[p.character], p.box) for p in spec.shots[j]],
-                        background_seed=spec.backgrounds[j])
+    image = shot_background(width, height)
+    return image, [draw_character(image, SHAPE_CAST[p.character], p.box) for p in spec.shots[j]]
+
+
+def shot_background(width: int, height: int) -> np.ndarray:
+    image = np.full((height, width, 3), FRAME[1], dtype=np.uint8)
+    image[FRAME[0]:height - FRAME[0], FRAME[0]:width - FRAME[0]] = SHOT_BACKGROUND
+    return image
 
 
 def render_reference(character: int, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
@@ -141,4 +160,4 @@ def stories_to_json(stories: list[StorySpec]) -> list[dict]:
 def stories_from_json(items: list[dict]) -> list[StorySpec]:
     return [StorySpec(d["id"], dict(d["cast"]),
                       [[Placement(p["character"], p["role"], p["slot"], tuple(p["box"])) for p in shot]
-                       for shot in d["shots"]], list(d["backgrounds"])) for d in items]
+                       for shot in d["shots"]]) for d in items]

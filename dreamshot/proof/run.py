@@ -25,10 +25,10 @@ log = logging.getLogger("DreamShot")
 class ProofSettings:
     width: int = 96
     height: int = 48
-    train_stories: int = 48
-    test_stories: int = 12
+    train_stories: int = 200
+    test_stories: int = 40
     shots_per_story: int = 3
-    train_steps: int = 2500
+    train_steps: int = 5000
     lr: float = 2e-3
     racl_lambda: float = 0.5
     # Flow-matching shift for training and sampling alike. Each block colour is spread over all 16
@@ -37,7 +37,9 @@ class ProofSettings:
     # last noise unlearned in an earlier, weaker setup.)
     shift: float = 3.0
     sample_steps: int = 20
-    text_length: int = 32        # prompt segment length, the same in training and sampling
+    # Prompt segment length, the same in training and sampling: short, so a caption's few words are
+    # not outweighed by many zero rows in cross-attention of the untrained model.
+    text_length: int = 12
     # Trained whole besides the 4 blocks (lora.full_finetune_modules): this DiT starts random, and
     # frozen random embeddings and head leave the blocks to work around them.
     train_modules: tuple = ("patch_embedding", "text_embedding", "time_embedding", "time_projection", "head")
@@ -50,6 +52,7 @@ class ProofSettings:
 QUICK = {"train_stories": 2, "test_stories": 1, "train_steps": 2, "sample_steps": 2}
 
 CONDITIONS = (("R2S, trained with RACL", "racl", "r2s"), ("R2S, trained without RACL (lambda 0)", "noracl", "r2s"),
+              ("R2S + role attention patch (script boxes; RACL-trained)", "racl", "r2s_roles"),
               ("independent per-shot T2S (no refs; RACL-trained model)", "racl", "t2s"))
 
 
@@ -161,8 +164,10 @@ def _as_tensor(image: np.ndarray) -> torch.Tensor:
 
 
 def sample_condition(model, vae, encode, spec: ds.StorySpec, s: ProofSettings, mode: str, seed: int) -> list[np.ndarray]:
-    """Generated shots (uint8 RGB) of one test story: all shots together with references (r2s), or
-    each shot alone from its caption (t2s)."""
+    """Generated shots (uint8 RGB) of one test story: all shots together with references (r2s), the
+    same with the role attention patch and each character's box from the script as its region (what
+    Character Reference boxes + RACL Attention Patch do in ComfyUI; r2s_roles), or each shot alone
+    from its caption (t2s)."""
     from ..comfy_bridge.sampling import sample_long_story
     from ..modes import Mode
     from ..story import Character, Shot, encode_story, plan_story
@@ -173,9 +178,16 @@ def sample_condition(model, vae, encode, spec: ds.StorySpec, s: ProofSettings, m
         images, _ = sample_long_story(model, seq, seed, s.sample_steps, 1.0, "euler", "simple")
         return [(im.numpy() * 255).round().clip(0, 255).astype(np.uint8) for im in images]
 
-    shots = [Shot(prompt=spec.caption(j), characters=tuple(p.role for p in spec.shots[j]))
+    regions = mode == "r2s_roles"
+    shots = [Shot(prompt=spec.caption(j), characters=tuple(p.role for p in spec.shots[j]),
+                  regions=tuple((p.role, p.box) for p in spec.shots[j]) if regions else ())
              for j in range(len(spec.shots))]
-    if mode == "r2s":
+    if regions:
+        from ..comfy_bridge.role_patch import CONFIG_KEY, RoleAttentionConfig
+
+        model = model.clone()
+        model.model_options.setdefault("transformer_options", {})[CONFIG_KEY] = RoleAttentionConfig(strength=1.0)
+    if mode in ("r2s", "r2s_roles"):
         characters = []
         for role, ci in spec.cast.items():
             image, mask = ds.render_reference(ci, s.width, s.height)

@@ -5,7 +5,8 @@ cannot import): real Wan/UMT5 key names, so ComfyUI's loaders detect and load th
 little deeper than the tests' (4 blocks): two blocks are the minimum for "read the role from the
 text, then copy from the matching reference", and the extra two make that easier to learn.
 The UMT5 keeps d_model 4096 / 24 layers (what ComfyUI's detection reads) with 1 head and d_kv/d_ff
-16, and a sentencepiece model trained here on the proof's caption words.
+16, word-preserving weights (see ``EMBEDDING_GAIN``) and a sentencepiece model trained here on the
+proof's caption words.
 """
 
 from __future__ import annotations
@@ -23,8 +24,15 @@ from .dataset import ROLES, SLOTS
 TINY_UMT5_CONFIG = {"d_model": 4096, "num_layers": 24, "num_heads": 1, "d_kv": 16, "d_ff": 16, "vocab_size": 512}
 DIT_SIZE = {"dim": 256, "ffn_dim": 1024, "num_layers": 4}
 
-_WORDS = [*ROLES, *SLOTS, "at", "and", "a", "the", "with", "in", "on", "shape", "character", "scene", "story",
-          "left", "right", "centre", "blurry", "low", "quality"]
+_WORDS = [*ROLES, *SLOTS, "at", "and", "a", "the", "with", "in",
+          "on", "shape", "character", "scene", "story", "blurry", "low", "quality"]
+# The random UMT5 keeps each word itself: embeddings at unit scale per element and the attention / FFN
+# output projections scaled down, so 24 random layers add context instead of replacing the word.
+# Fully random (gain 1) they did replace it: "Mira" in two captions came out at cosine ~0.2, as
+# unlike as two different words, and no reference could be matched to its name (measured in the
+# proof: R2S chose the wrong in-cast character more often than chance).
+EMBEDDING_GAIN = 64.0      # fill_random gives the [vocab, 4096] embedding std 1/64
+RESIDUAL_GAIN = 0.1        # attention o / FFN wo: "Mira" in two captions then at cosine ~0.97
 
 
 def write_dit(path: str | Path, seed: int) -> Path:
@@ -80,6 +88,12 @@ def write_text_encoder(path: str | Path, seed: int) -> Path:
                relative_attention_num_buckets=32, relative_attention_max_distance=128, layer_norm_epsilon=1e-6)
     model = t5.T5(cfg, dtype=torch.float32, device="cpu", operations=comfy.ops.manual_cast)
     fill_random(model, seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("shared.weight"):
+                p.mul_(EMBEDDING_GAIN)
+            elif name.endswith((".o.weight", ".wo.weight")):
+                p.mul_(RESIDUAL_GAIN)
     sd = dict(model.state_dict())
     sd["spiece_model"] = torch.frombuffer(bytearray(_spiece_model(seed)), dtype=torch.uint8)
     return atomic_save_safetensors(path, sd)
