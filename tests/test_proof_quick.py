@@ -30,7 +30,7 @@ def test_quick_run_writes_a_well_formed_table(comfy_root, tmp_path):
     md = (out / "results.md").read_text()
     assert results["quick"] is True and "QUICK smoke run" in md
     rows = {m["name"]: m for m in map(ROW.match, md.splitlines()) if m}
-    assert set(rows) == set(results["counts"]) and len(rows) == 5
+    assert set(rows) == set(results["counts"]) and len(rows) == 6
     for name, m in rows.items():
         counts = results["counts"][name]
         total = sum(counts.values())

@@ -53,6 +53,7 @@ QUICK = {"train_stories": 2, "test_stories": 1, "train_steps": 2, "sample_steps"
 
 CONDITIONS = (("R2S, trained with RACL", "racl", "r2s"), ("R2S, trained without RACL (lambda 0)", "noracl", "r2s"),
               ("R2S + role attention patch (script boxes; RACL-trained)", "racl", "r2s_roles"),
+              ("R2S + role attention patch (script boxes; lambda-0 model)", "noracl", "r2s_roles"),
               ("independent per-shot T2S (no refs; RACL-trained model)", "racl", "t2s"))
 
 
