@@ -121,7 +121,7 @@ def per_shot_cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     out = torch.zeros_like(q)
     out_f = out.view(b, n_frames, p, inner)
     rows = max(1, -(-p // 16))
-    for first, end, has_text in _text_runs(frame_segments):
+    for first, end, has_text in frame_runs([seg != NO_TEXT for seg in frame_segments]):
         if not has_text:
             continue
         n = end - first
@@ -131,18 +131,6 @@ def per_shot_cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
             qc = qf[:, first:end, r:r_end].reshape(b * n, r_end - r, inner)
             out_f[:, first:end, r:r_end] = attend(qc, ks, vs, bs).view(b, n, r_end - r, inner)
     return out
-
-
-def _text_runs(frame_segments: Sequence[int]) -> list[tuple[int, int, bool]]:
-    """Consecutive frames grouped by whether they have text: [(first, end, has_text)]."""
-    runs: list[tuple[int, int, bool]] = []
-    for f, seg in enumerate(frame_segments):
-        has = seg != NO_TEXT
-        if runs and runs[-1][2] == has:
-            runs[-1] = (runs[-1][0], f + 1, has)
-        else:
-            runs.append((f, f + 1, has))
-    return runs
 
 
 def dense_masked_cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
