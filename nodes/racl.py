@@ -2,7 +2,7 @@
 
 from comfy_api.v0_0_2 import io
 
-from ..dreamshot.comfy_bridge.role_patch import CONFIG_KEY, RoleAttentionConfig, parse_layers
+from ..dreamshot.comfy_bridge.role_patch import RoleAttentionConfig, parse_layers, with_role_attention
 from ..dreamshot.comfy_bridge.wan_patches import check_wan21_t2v
 from ..dreamshot.errors import DreamShotInputError
 from .errors import reported_as
@@ -51,6 +51,4 @@ class RACLAttentionPatch(io.ComfyNode):
             num_blocks = len(model.get_model_object("diffusion_model").blocks)
             config = RoleAttentionConfig(strength=strength, start_percent=start_percent, end_percent=end_percent,
                                          layers=parse_layers(layers, num_blocks), auto_regions=auto_regions)
-            m = model.clone()
-            m.model_options.setdefault("transformer_options", {})[CONFIG_KEY] = config
-            return io.NodeOutput(m)
+            return io.NodeOutput(with_role_attention(model, config))

@@ -29,6 +29,14 @@ class RoleAttentionConfig:
     auto_regions: bool = True               # shots without masks/boxes: regions from attention
 
 
+def with_role_attention(model, config: RoleAttentionConfig):
+    """A clone of ``model`` that DreamShot sampling will run with role attention (installed per story
+    by ``install`` when the story is patched). The input is untouched."""
+    m = model.clone()
+    m.model_options.setdefault("transformer_options", {})[CONFIG_KEY] = config
+    return m
+
+
 def parse_layers(text: str, num_blocks: int | None = None) -> tuple[int, ...] | None:
     """ "all" -> None; "0-9, 20" -> (0, ..., 9, 20). Checked against num_blocks when given."""
     text = text.strip().lower()

@@ -184,10 +184,9 @@ def sample_condition(model, vae, encode, spec: ds.StorySpec, s: ProofSettings, m
                   regions=tuple((p.role, p.box) for p in spec.shots[j]) if regions else ())
              for j in range(len(spec.shots))]
     if regions:
-        from ..comfy_bridge.role_patch import CONFIG_KEY, RoleAttentionConfig
+        from ..comfy_bridge.role_patch import RoleAttentionConfig, with_role_attention
 
-        model = model.clone()
-        model.model_options.setdefault("transformer_options", {})[CONFIG_KEY] = RoleAttentionConfig(strength=1.0)
+        model = with_role_attention(model, RoleAttentionConfig(strength=1.0))
     if mode in ("r2s", "r2s_roles"):
         characters = []
         for role, ci in spec.cast.items():
