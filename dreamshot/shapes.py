@@ -123,11 +123,13 @@ def background(width: int, height: int, seed: int = 0) -> np.ndarray:
     return np.clip(img, 0, 255).round().astype(np.uint8)
 
 
-def render_scene(width: int, height: int, placements, background_seed: int = 0):
+def render_scene(width: int, height: int, placements, background_seed: int = 0,
+                 backdrop: np.ndarray | None = None):
     """Characters placed on a background. ``placements``: [(ShapeCharacter, box)], drawn in order
     (later ones occlude earlier ones). Returns (RGB uint8 HxWx3, [bool HxW mask per placement]);
-    masks are visible pixels only (occlusion removed)."""
-    image = background(width, height, background_seed)
+    masks are visible pixels only (occlusion removed). ``backdrop`` (HxWx3 uint8, drawn on in place)
+    replaces the generated ``background(width, height, background_seed)``."""
+    image = background(width, height, background_seed) if backdrop is None else backdrop
     masks: list[np.ndarray] = []
     for who, box in placements:
         drawn = draw_character(image, who, box)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..shapes import SHAPE_CAST, draw_character
+from ..shapes import SHAPE_CAST, draw_character, render_scene
 from ..train.atomic import atomic_write, atomic_write_text
 
 ROLES = ("Mira", "Theo", "Alice", "Bob")
@@ -93,8 +93,8 @@ def make_stories(count: int, seed: int, width: int, height: int, prefix: str, nu
 
 
 def render_shot(spec: StorySpec, j: int, width: int, height: int) -> tuple[np.ndarray, list[np.ndarray]]:
-    image = shot_background(width, height)
-    return image, [draw_character(image, SHAPE_CAST[p.character], p.box) for p in spec.shots[j]]
+    return render_scene(width, height, [(SHAPE_CAST[p.character], p.box) for p in spec.shots[j]],
+                        backdrop=shot_background(width, height))
 
 
 def shot_background(width: int, height: int) -> np.ndarray:

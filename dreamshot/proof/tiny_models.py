@@ -29,8 +29,7 @@ _WORDS = [*ROLES, *SLOTS, "at", "and", "a", "the", "with", "in",
 # The random UMT5 keeps each word itself: embeddings at unit scale per element and the attention / FFN
 # output projections scaled down, so 24 random layers add context instead of replacing the word.
 # Fully random (gain 1) they did replace it: "Mira" in two captions came out at cosine ~0.2, as
-# unlike as two different words, and no reference could be matched to its name (measured in the
-# proof: R2S chose the wrong in-cast character more often than chance).
+# unlike as two different words, so a caption's name could not be matched to a reference's.
 EMBEDDING_GAIN = 64.0      # fill_random gives the [vocab, 4096] embedding std 1/64
 RESIDUAL_GAIN = 0.1        # attention o / FFN wo: "Mira" in two captions then at cosine ~0.97
 
