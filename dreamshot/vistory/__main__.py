@@ -11,6 +11,9 @@
 Defaults are the official runner's: 720p, seed 42, 6 shots per pass, no context shots, 30 steps,
 text cfg 3, reference cfg 2, shift 1; with --distill-lora: 4 steps, cfg 1, reference cfg 1.5.
 Writes <out>/<story>/<N>.png (1-based); rerun the same command to resume.
+
+Several GPUs / processes: launch with torchrun (each rank takes every WORLD_SIZE-th story, on
+cuda:LOCAL_RANK), or start one process per ``--shard i/n``. Files are the same as one process's.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+import time
 from pathlib import Path
 
 log = logging.getLogger("DreamShot.vistory")
@@ -50,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--sampler", default="euler")
     ap.add_argument("--scheduler", default="simple")
     ap.add_argument("--only", help="comma-separated story keys (default: all)")
+    ap.add_argument("--shard", metavar="I/N", help="run only every N-th story, starting at the I-th (0-based), "
+                    "to split the stories over N processes; under torchrun, RANK/WORLD_SIZE do this")
     ap.add_argument("--prompt-field", default="prompt_cn")
     ap.add_argument("--ref-prompt-field", default="ref_prompt_cn_format")
     ap.add_argument("--dit-dtype", choices=("bf16", "fp16", "fp32"), default="bf16")
@@ -77,19 +84,34 @@ def settings_from_args(args):
 def main(argv: list[str] | None = None, on_chunk=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=getattr(logging, args.log_level), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    import torch
+
     from ..errors import DreamShotInputError
+    from .runner import existing_shots
+    from .shards import resolve_shard, use_rank_device
     from .stories import read_stories
 
     try:
+        shard = resolve_shard(args.shard)
         only = [k.strip() for k in args.only.split(",") if k.strip()] if args.only else None
-        stories = read_stories(args.stories, args.data_root, only, args.prompt_field, args.ref_prompt_field)
+        all_stories = read_stories(args.stories, args.data_root, only, args.prompt_field, args.ref_prompt_field)
         settings = settings_from_args(args)
         te_config = json.loads(Path(args.text_encoder_config).read_text()) if args.text_encoder_config else None
+        device = use_rank_device(shard, torch.cuda.is_available(), torch.cuda.device_count())
     except (DreamShotInputError, OSError, json.JSONDecodeError) as e:
         log.error("%s", e)
         return 2
-    import os
-
+    stories = shard.select(all_stories)
+    out = Path(args.out)
+    todo = [s for s in stories if len(existing_shots(out / s.key, s.num_shots)) < s.num_shots]
+    log.info("shard %s: %d of %d stories (%s), %d to do%s", shard, len(stories), len(all_stories),
+             ", ".join(s.key for s in stories) or "none", len(todo),
+             f", on cuda:{device}" if device is not None else "")
+    if not todo:    # nothing to generate: do not load the models
+        log.info("shard %s done: %d stories already there, nothing generated", shard, len(stories))
+        return 0
+    if device is not None:
+        torch.cuda.set_device(device)     # before ComfyUI picks its device
     if args.comfyui:
         os.environ["COMFYUI_PATH"] = args.comfyui
     from ..comfy_bridge.headless import import_comfy
@@ -110,20 +132,23 @@ def main(argv: list[str] | None = None, on_chunk=None) -> int:
     except (DreamShotInputError, FileNotFoundError) as e:
         log.error("%s", e)
         return 2
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     log.info("%d stories, %dx%d, %d steps, cfg %.2f, ref_cfg %.2f, shift %.2f, seed %d, %d shots per pass, "
              "%d context shots", len(stories), settings.width, settings.height, settings.steps, settings.cfg,
              settings.ref_cfg, settings.shift, settings.seed, settings.target_frame, settings.context_frame)
     rows = []
-    for story in tqdm(stories, desc="ViStoryBench stories", unit="story", file=sys.stderr):
+    start = time.perf_counter()
+    desc = "ViStoryBench stories" + (f" (shard {shard})" if shard.count > 1 else "")
+    for story in tqdm(stories, desc=desc, unit="story", file=sys.stderr):
         row = generate_story(story, model, vae, clip, settings, out, on_chunk=on_chunk)
         log.info("story %s: %s, %d of %d shots generated in %.1f s", row["story"], row["status"], row["generated"],
                  row["shots"], row["seconds"])
         rows.append(row)
     made = sum(r["generated"] for r in rows)
-    log.info("done: %d stories, %d shots generated, %d already there", len(rows), made,
-             sum(r["shots"] for r in rows) - made)
+    status = {k: sum(r["status"] == k for r in rows) for k in ("new", "resumed", "done")}
+    log.info("shard %s done: %d stories (%d new, %d resumed, %d already done), %d shots generated, %d already "
+             "there, %.1f s", shard, len(rows), status["new"], status["resumed"], status["done"], made,
+             sum(r["shots"] for r in rows) - made, time.perf_counter() - start)
     return 0
 
 
