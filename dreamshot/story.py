@@ -21,14 +21,20 @@ from .packing import VideoVAE, pack_latent
 from .text_fold import FoldedText, TextSegment, fold_text, split_zero_rows, unfold_context
 
 
+# What a reference shows: a person, or a place or object given and listed by shots like a person.
+REFERENCE_KINDS = ("character", "location", "prop")
+
+
 @dataclass(frozen=True)
 class Character:
-    """One character: reference image(s) [N, H, W, 3], optional masks [N, H, W], a name and a caption."""
+    """One reference: image(s) [N, H, W, 3], optional masks [N, H, W], a name, a caption and its kind
+    (``REFERENCE_KINDS``; face-based metrics skip non-characters)."""
 
     name: str
     images: torch.Tensor
     masks: torch.Tensor | None = None
     description: str = ""
+    kind: str = "character"
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,10 @@ class Shot:
     # Per-character regions in this shot: (name, [H, W] mask in 0..1 or an (x0, y0, x1, y1) box),
     # the regional layout used by role attention.
     regions: tuple[tuple[str, object], ...] = ()
+    # This shot's own negative prompt ("" = the pack's) and initial-noise seed (None = derived from
+    # the sampler's seed), so one shot can be re-rolled without touching the others' noise.
+    negative_prompt: str = ""
+    seed: int | None = None
 
 
 def parse_boxes(text: str, input_name: str = "character_boxes") -> tuple[tuple[str, tuple[float, ...]], ...]:
