@@ -119,8 +119,8 @@ def attention_backend(func, previous):
     ComfyUI calls ``transformer_options["optimized_attention_override"](func, q, k, v, heads=...,
     transformer_options=..., **kwargs)`` with ``func`` its default backend. A model-level backend
     choice is itself such an override (ModelAttentionBackend -> ModelPatcher.set_model_optimized_attention,
-    comfy/model_patcher.py @08d0e510: ``lambda _, *args, **kw: chosen(*args, **kw)``), as are packs'
-    Sage/Flash patches; DreamShot's override wraps the one it finds (``previous``). Its per-shot,
+    comfy/model_patcher.py @08d0e510: ``lambda _, *args, **kw: chosen(*args, **kw)``), as is any pack's
+    attention patch set through the same hook; DreamShot's override wraps the one it finds (``previous``). Its per-shot,
     no-references and role sub-calls go through ``previous`` so that choice still applies; without
     one (0.3.64 stock) this is ``func`` itself, unchanged. ``previous`` must accept any q/k/v it is
     given (a backend does; an override that expects the model's full token sequence does not).
