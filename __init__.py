@@ -6,21 +6,25 @@
 """
 
 # Guarded like ComfyUI-GGUF: outside ComfyUI (pytest, python -m dreamshot.train) this file
-# registers nothing, so the package imports without comfy.
+# registers nothing, so the package imports without comfy. Inside ComfyUI the V3 node API comes from
+# comfy_api.v0_0_2, else comfy_api.latest; with neither, compat logs an error and nothing registers.
 try:
     import comfy.model_management  # noqa: F401
-    from comfy_api.v0_0_2 import ComfyExtension
 except ImportError:
     pass
 else:
-    from .nodes import NODES, register_model_folder
+    from .dreamshot.comfy_bridge.compat import node_api
 
-    WEB_DIRECTORY = "./js"
+    _api = node_api()
+    if _api is not None:
+        from .nodes import NODES, register_model_folder
 
-    class DreamShotExtension(ComfyExtension):
-        async def get_node_list(self):
-            return list(NODES)
+        WEB_DIRECTORY = "./js"
 
-    async def comfy_entrypoint() -> DreamShotExtension:
-        register_model_folder()
-        return DreamShotExtension()
+        class DreamShotExtension(_api.ComfyExtension):
+            async def get_node_list(self):
+                return list(NODES)
+
+        async def comfy_entrypoint() -> DreamShotExtension:
+            register_model_folder()
+            return DreamShotExtension()

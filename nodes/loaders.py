@@ -4,8 +4,8 @@ SFT then RL LoRA) and an optional step-distillation LoRA (LightX2V 4-step), appl
 import os
 
 import folder_paths
-from comfy_api.v0_0_2 import io
 
+from ..dreamshot.comfy_bridge.compat import io
 from ..dreamshot.comfy_bridge.lora import apply_lora
 from ..dreamshot.comfy_bridge.wan_patches import check_wan21_t2v
 from .errors import reported_as

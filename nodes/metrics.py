@@ -8,8 +8,8 @@ import comfy.model_management
 import comfy.utils
 import folder_paths
 import numpy as np
-from comfy_api.v0_0_2 import io, ui
 
+from ..dreamshot.comfy_bridge.compat import io, ui
 from ..dreamshot.errors import DreamShotInputError
 from ..dreamshot.eval.report import shot_table, table_image
 from ..dreamshot.eval.storyboard import StoryToMeasure, measure_story

@@ -3,8 +3,8 @@
 import re
 
 import comfy.model_management
-from comfy_api.v0_0_2 import io
 
+from ..dreamshot.comfy_bridge.compat import io
 from ..dreamshot.errors import DreamShotInputError
 from ..dreamshot.images import FIT_METHODS
 from ..dreamshot.layout import DEFAULT_MAX_LATENT_FRAMES

@@ -1,7 +1,6 @@
 """RACL Attention Patch: shot tokens read identity only from their own character's reference."""
 
-from comfy_api.v0_0_2 import io
-
+from ..dreamshot.comfy_bridge.compat import io
 from ..dreamshot.comfy_bridge.role_patch import RoleAttentionConfig, parse_layers, with_role_attention
 from ..dreamshot.comfy_bridge.wan_patches import check_wan21_t2v
 from ..dreamshot.errors import DreamShotInputError

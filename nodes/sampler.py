@@ -1,8 +1,8 @@
 """DreamShot Sampler: ComfyUI's samplers over a packed story; one keyframe per shot out."""
 
 import comfy.samplers
-from comfy_api.v0_0_2 import io
 
+from ..dreamshot.comfy_bridge.compat import io
 from ..dreamshot.comfy_bridge.sampling import sample_long_story
 from .errors import reported_as
 from .types import CATEGORY, Sequence

@@ -8,9 +8,9 @@ import folder_paths
 import numpy as np
 import torch
 from comfy.cli_args import args
-from comfy_api.v0_0_2 import io, ui
 from PIL.PngImagePlugin import PngInfo
 
+from ..dreamshot.comfy_bridge.compat import io, ui
 from ..dreamshot.errors import DreamShotInputError
 from ..dreamshot.sheet import render_sheet, safe_stem, save_sheet_files
 from .errors import reported_as

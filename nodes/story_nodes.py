@@ -1,7 +1,6 @@
 """Character Reference and Shot Script: the story's cast and its shots, chained into lists."""
 
-from comfy_api.v0_0_2 import io
-
+from ..dreamshot.comfy_bridge.compat import io
 from ..dreamshot.errors import DreamShotInputError
 from ..dreamshot.story import Character, Shot, parse_boxes, parse_character_names
 from .errors import reported_as

@@ -1,6 +1,6 @@
 """DreamShot's socket types, declared once."""
 
-from comfy_api.v0_0_2 import io
+from ..dreamshot.comfy_bridge.compat import io
 
 Characters = io.Custom("DREAMSHOT_CHARACTERS")   # tuple[dreamshot.story.Character, ...]
 Shots = io.Custom("DREAMSHOT_SHOTS")             # tuple[dreamshot.story.Shot, ...]

@@ -51,13 +51,13 @@ def import_comfy(comfyui_path: str | os.PathLike | None = None) -> Path:
 
 # -- loading --------------------------------------------------------------------------------------
 def load_dit(path: str, dtype: str = "bf16"):
-    """The Wan2.1 T2V DiT as a ComfyUI MODEL (ModelPatcher), weights in ``dtype``."""
-    import comfy.sd
-
+    """The Wan2.1 T2V DiT as a ComfyUI MODEL, weights in ``dtype``: a static ModelPatcher (never
+    dynamic VRAM), which training loads whole or shards with FSDP."""
+    from .compat import load_static_diffusion_model
     from .wan_patches import check_wan21_t2v
 
     _need_file("model.dit", path)
-    m = comfy.sd.load_diffusion_model(str(path), model_options={"dtype": DTYPES[dtype]})
+    m = load_static_diffusion_model(str(path), model_options={"dtype": DTYPES[dtype]})
     check_wan21_t2v(m)
     return m
 
@@ -323,8 +323,16 @@ class StoryModel:
     """
 
     def __init__(self, model, adapters: TrainableAdapters, gradient_checkpointing: bool = True, racl=None):
+        from .compat import is_dynamic
         from .wan_patches import SELF_ATTENTION_HOOKS_KEY, _attention_override, _clean_frame_patches
 
+        if is_dynamic(model):
+            # ModelPatcherDynamic (comfy/model_patcher.py @08d0e510) streams weights per op: load_models_gpu
+            # leaves them on the offload device (``device`` below would read the CPU), it attaches no weight
+            # wrappers (our full-block deltas) to the small modules it force-loads, and its patch_model
+            # asserts on loading weights (the FSDP path).
+            raise RuntimeError("DreamShot training needs a static ModelPatcher, got a dynamic-VRAM one "
+                               "(ModelPatcherDynamic): load the DiT with dreamshot.comfy_bridge.training.load_dit.")
         m = model.clone()
         for name, obj in _clean_frame_patches(m).items():
             m.add_object_patch(name, obj)

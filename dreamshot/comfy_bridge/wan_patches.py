@@ -15,7 +15,7 @@ from __future__ import annotations
 import comfy.conds
 import comfy.model_base
 
-from . import role_patch
+from . import compat, role_patch
 from ..attention import per_shot_cross_attention
 from ..clean_frames import per_frame_timestep
 from ..guidance import self_attention_without_refs
@@ -68,7 +68,10 @@ def _clean_frame_patches(patcher):
 
 def _attention_override(previous):
     """ComfyUI attention hook: per-shot cross-attention; self-attention goes to DreamShot's
-    self-attention hooks (role attention) when set, else through unchanged."""
+    self-attention hooks (role attention) when set, else through unchanged. Every attention it runs
+    goes to the backend ComfyUI chose (``compat.attention_backend``: an earlier override such as the
+    Model Attention Backend node, else ComfyUI's default)."""
+    previous = getattr(previous, "dreamshot_previous", previous)   # a story patch replaces, never stacks
 
     def override(func, q, k, v, *args, heads=None, transformer_options=None, **kwargs):
         def passthrough():
@@ -79,24 +82,21 @@ def _attention_override(previous):
         story = (transformer_options or {}).get(STORY_KEY)
         if story is None or args or kwargs.get("mask") is not None or kwargs.get("skip_reshape"):
             return passthrough()
-        if q.shape[1] != story["num_tokens"]:
-            raise RuntimeError(
-                f"DreamShot: the model got {q.shape[1]} image tokens but the story was packed for "
-                f"{story['num_tokens']}; sample the latent that Shot Sequence Pack produced.")
+        _check_tokens(q.shape[1], story["num_tokens"])
+        attention = compat.attention_backend(func, previous)
+
+        def backend(qs, ks, vs, h):
+            return attention(qs, ks, vs, h, transformer_options=transformer_options, **kwargs)
+
         if k.shape[1] == q.shape[1]:  # self-attention (cross-attention keys never have this length)
             if transformer_options.get(NO_REFS_KEY) and story.get("num_ref_tokens", 0) > 0:
-                def plain(qs, ks, vs, h):
-                    return func(qs, ks, vs, h, transformer_options=transformer_options, **kwargs)
-                return self_attention_without_refs(q, k, v, heads, story["num_ref_tokens"], plain)
+                return self_attention_without_refs(q, k, v, heads, story["num_ref_tokens"], backend)
             hook = transformer_options.get(SELF_ATTENTION_HOOKS_KEY)
             if hook is not None:
-                return hook(func, q, k, v, heads=heads, transformer_options=transformer_options, **kwargs)
+                return hook(attention, q, k, v, heads=heads, transformer_options=transformer_options, **kwargs)
             return passthrough()
         if k.shape[1] != story["context_length"]:
             return passthrough()
-
-        def backend(qs, ks, vs, h):
-            return func(qs, ks, vs, h, transformer_options=transformer_options, **kwargs)
 
         bias = story.get("key_bias")
         if bias is not None:
@@ -104,7 +104,29 @@ def _attention_override(previous):
         return per_shot_cross_attention(q, k, v, heads, story["frame_segments"], story["tokens_per_frame"],
                                          story["num_segments"], attention=backend, key_bias=bias)
 
+    override.dreamshot_previous = previous
     return override
+
+
+def _check_tokens(got: int, packed: int) -> None:
+    """The DiT must see exactly the story's tokens. Extra trailing tokens (newer ComfyUI appends
+    in-context references from a ``context_latents`` cond, and ``time_dim_concat`` appends frames)
+    are refused rather than left unconstrained: the per-frame timesteps of the clean-frame patch
+    would be spread over them by Wan's modulation (repeat_e), shifting every frame's noise level."""
+    from ..errors import DreamShotInputError
+
+    if got == packed:
+        return
+    if got > packed:
+        raise DreamShotInputError(
+            "model", f"the DiT got {got - packed} image tokens beyond the story's {packed}: a model patch or "
+            "conditioning appended tokens (for example ComfyUI's time_dim_concat or context_latents in-context "
+            "references), and DreamShot's per-frame timesteps and per-shot prompts cannot place them.",
+            "sample the story without that patch (connect the model to DreamShot Sampler without nodes that "
+            "add reference or context latents).")
+    raise DreamShotInputError(
+        "sequence", f"the DiT got {got} image tokens but the story was packed for {packed}.",
+        "sample the latent that Shot Sequence Pack produced.")
 
 
 def story_options(sequence) -> dict:

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..comfy_bridge.compat import causal_conv_spatial_padding
 from ..comfy_bridge.random_wan import fill_random
 from ..train.atomic import atomic_save_safetensors
 
@@ -138,7 +139,7 @@ def normalise_latent(vae, images: torch.Tensor) -> None:
 # -- the same network, skipping the exactly-zero branches (frame by frame) -------------------------
 def _conv(m, x):
     """A CausalConv3d on one frame: its current-frame tap as a 2D convolution."""
-    return F.conv2d(x, m.weight[:, :, -1], m.bias, m.stride[1:], (m._padding[2], m._padding[0]))
+    return F.conv2d(x, m.weight[:, :, -1], m.bias, m.stride[1:], causal_conv_spatial_padding(m))
 
 
 def _head(head, x):

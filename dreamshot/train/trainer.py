@@ -262,6 +262,14 @@ class Trainer:
 
     def train(self) -> TrainResult:
         self.setup()
+        from ..comfy_bridge.compat import training_mode
+
+        # Forward and backward (gradient checkpointing recomputes inside backward) with ComfyUI told it
+        # is training, so it runs autograd-capable kernels.
+        with training_mode():
+            return self._train_loop()
+
+    def _train_loop(self) -> TrainResult:
         step, micro = self.resume()
         c = self.cfg
         result = TrainResult(start_step=step, end_step=step)

@@ -1,0 +1,148 @@
+"""Every place where the ComfyUI versions DreamShot runs on differ, in one module.
+
+Oldest tested: 0.3.64 (a125cd84), run for real by the test suite. Newest read: the Comfy-Org/ComfyUI
+sources around 0.38.1 (files at the commits named below), which cannot be run here; each shim is
+unit-tested against a stand-in of the newer object (tests/test_comfy_compat.py). docs/compatibility.md
+is the user-facing summary.
+
+Every shim is a no-op where the pinned version has nothing to adapt, so 0.3.64 behaves bit for bit as
+before. ComfyUI is imported lazily: the module itself imports anywhere (the pack's __init__.py uses it
+to decide whether it can register at all).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import inspect
+import logging
+from types import SimpleNamespace
+
+log = logging.getLogger("DreamShot")
+
+
+# -- the node API ---------------------------------------------------------------------------------
+# The pack is written against the numbered V3 API comfy_api.v0_0_2 (a re-export of comfy_api.latest in
+# 0.3.64). Should a later ComfyUI drop that version, comfy_api.latest (which exports io, ui and
+# ComfyExtension in 0.3.64 and in comfy_api/latest/__init__.py @168efe45) takes over.
+NODE_API_MODULES = ("comfy_api.v0_0_2", "comfy_api.latest")
+_node_api: SimpleNamespace | None = None
+
+
+def resolve_node_api(candidates=NODE_API_MODULES) -> SimpleNamespace | None:
+    """(io, ui, ComfyExtension, module name) from the first of ``candidates`` that imports, or None
+    (logged as an error: the pack then registers no nodes)."""
+    for name in candidates:
+        try:
+            module = importlib.import_module(name)
+            api = SimpleNamespace(io=module.io, ui=module.ui, ComfyExtension=module.ComfyExtension, name=name)
+        except (ImportError, AttributeError) as e:
+            log.debug("DreamShot: node API %s unavailable (%s)", name, e)
+            continue
+        if name != candidates[0]:
+            log.warning("DreamShot: %s is gone from this ComfyUI; registering the nodes through %s.",
+                        candidates[0], name)
+        return api
+    log.error("DreamShot: none of %s imports in this ComfyUI, so DreamShot registers NO nodes. "
+              "Update ComfyUI-DreamShot, or run it on ComfyUI 0.3.64 or later.", ", ".join(candidates))
+    return None
+
+
+def node_api() -> SimpleNamespace | None:
+    """``resolve_node_api()``, once per process."""
+    global _node_api
+    if _node_api is None:
+        _node_api = resolve_node_api()
+    return _node_api
+
+
+def __getattr__(name: str):
+    """``from .compat import io, ui, ComfyExtension`` for the node modules."""
+    if name in ("io", "ui", "ComfyExtension"):
+        api = node_api()
+        if api is None:
+            raise ImportError(f"DreamShot: no V3 node API ({', '.join(NODE_API_MODULES)}) in this ComfyUI")
+        return getattr(api, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# -- training -------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def training_mode():
+    """Set ``comfy.model_management.in_training`` for forward *and* backward of a training run.
+
+    Newer Wan code runs comfy_kitchen kernels that have no backward pass unless that flag is set
+    (comfy/ldm/flux/math.py @980c56ce apply_rope1; comfy/ldm/wan/model.py @0c9a69ae modulate;
+    comfy/model_management.py @02b2b388 defines ``in_training = False``). 0.3.64 has no such flag:
+    nothing is set there.
+    """
+    import comfy.model_management as mm
+
+    if not hasattr(mm, "in_training"):
+        yield
+        return
+    before = mm.in_training
+    mm.in_training = True
+    try:
+        yield
+    finally:
+        mm.in_training = before
+
+
+def load_static_diffusion_model(path: str, model_options: dict):
+    """comfy.sd.load_diffusion_model as a plain (static) ModelPatcher.
+
+    The server's default patcher became ModelPatcherDynamic on NVIDIA/AMD (dynamic VRAM: main.py @02018c7e
+    swaps comfy.model_patcher.CoreModelPatcher), which streams weights per op and whose patch_model asserts
+    ``not load_weights`` (comfy/model_patcher.py @08d0e510). Training puts the whole model on its
+    device or shards it with FSDP, so it asks for the static patcher through ``disable_dynamic``
+    (comfy/sd.py @033046cc); 0.3.64's loader has no such argument and is always static.
+    """
+    import comfy.sd
+
+    loader = comfy.sd.load_diffusion_model
+    if "disable_dynamic" in inspect.signature(loader).parameters:
+        return loader(path, model_options=model_options, disable_dynamic=True)
+    return loader(path, model_options=model_options)
+
+
+def is_dynamic(patcher) -> bool:
+    """Whether ``patcher`` loads its weights dynamically (ModelPatcherDynamic; never in 0.3.64)."""
+    check = getattr(patcher, "is_dynamic", None)
+    return bool(check()) if callable(check) else False
+
+
+# -- attention ------------------------------------------------------------------------------------
+def attention_backend(func, previous):
+    """The attention ComfyUI would run for a plain call, for DreamShot's sub-attentions.
+
+    ComfyUI calls ``transformer_options["optimized_attention_override"](func, q, k, v, heads=...,
+    transformer_options=..., **kwargs)`` with ``func`` its default backend. A model-level backend
+    choice is itself such an override (ModelAttentionBackend -> ModelPatcher.set_model_optimized_attention,
+    comfy/model_patcher.py @08d0e510: ``lambda _, *args, **kw: chosen(*args, **kw)``), as is any pack's
+    attention patch set through the same hook; DreamShot's override wraps the one it finds (``previous``). Its per-shot,
+    no-references and role sub-calls go through ``previous`` so that choice still applies; without
+    one (0.3.64 stock) this is ``func`` itself, unchanged. ``previous`` must accept any q/k/v it is
+    given (a backend does; an override that expects the model's full token sequence does not).
+    """
+    if previous is None:
+        return func
+
+    def chosen(q, k, v, heads, **kwargs):
+        return previous(func, q, k, v, heads=heads, **kwargs)
+
+    return chosen
+
+
+# -- the Wan VAE ----------------------------------------------------------------------------------
+def causal_conv_spatial_padding(conv) -> tuple[int, int]:
+    """(height, width) zero padding of a Wan VAE CausalConv3d.
+
+    0.3.64 keeps F.pad's 6-tuple in ``_padding`` (w, w, h, h, 2t, 0) and zeroes ``padding``; newer
+    ComfyUI keeps only the causal time padding there as an int and the spatial padding in
+    ``padding[1:]`` (comfy/ldm/wan/vae.py @dcbf1c1d).
+    """
+    pad = conv._padding
+    if isinstance(pad, (tuple, list)):
+        return int(pad[2]), int(pad[0])
+    return int(conv.padding[1]), int(conv.padding[2])
