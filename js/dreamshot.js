@@ -13,15 +13,13 @@
 // extensions/core/*).
 
 import {
-  DYNAMIC_SOCKETS,
   NODE_IDS,
   formatShotLine,
-  insertPosition,
-  orderDynamicSockets,
-  planDynamicSockets,
+  isInputLinked,
   storyForPack,
   storyForSampler,
   storySignature,
+  syncDynamicInputs,
   toggleShot,
 } from "./dreamshot_logic.js";
 
@@ -110,55 +108,9 @@ function addPanel(node, name, className, minLines) {
 
 // ------------------------------------------------------------------------------ dynamic inputs
 
-/** Links name their target slot by index: renumber them as LiteGraph's removeInput does. */
-function renumberLinks(node) {
-  node.inputs.forEach((input, index) => {
-    const link = input.link != null ? node.graph?.getLink?.(input.link) : null;
-    if (link) link.target_slot = index;
-  });
-}
-
-function moveInput(node, from, to) {
-  if (from === to) return;
-  const [slot] = node.inputs.splice(from, 1);
-  node.inputs.splice(to, 0, slot);
-  renumberLinks(node);
-}
-
-/** Put numbered sockets back next to their base (a reload appends them at the end). */
-function orderInputs(node) {
-  const names = node.inputs.map((i) => i.name);
-  const order = orderDynamicSockets(names);
-  if (order.every((name, i) => name === names[i])) return false;
-  const byName = new Map(node.inputs.map((i) => [i.name, i]));
-  node.inputs.splice(0, node.inputs.length, ...order.map((name) => byName.get(name)));
-  renumberLinks(node);
-  return true;
-}
-
-/** Make each socket family end with exactly one empty socket. Returns true if anything changed. */
-function syncDynamicInputs(node) {
-  if (!node.inputs || !node.graph) return false;
-  let changed = orderInputs(node);
-  for (const [base, type] of Object.entries(DYNAMIC_SOCKETS)) {
-    const plan = planDynamicSockets(node.inputs, base);
-    for (const name of plan.remove) {
-      const index = node.inputs.findIndex((i) => i.name === name);
-      if (index >= 0 && node.inputs[index].link == null) {
-        node.removeInput(index);
-        changed = true;
-      }
-    }
-    if (plan.add) {
-      const at = insertPosition(node.inputs, base);
-      const template = node.inputs.find((i) => i.name === base);
-      node.addInput(plan.add, type, template?.shape !== undefined ? { shape: template.shape } : undefined);
-      moveInput(node, node.inputs.length - 1, at);
-      changed = true;
-    }
-  }
-  if (changed) fitNode(node);
-  return changed;
+/** Keep one spare shots_N / characters_N socket (see dreamshot_logic.js) and fit the node. */
+function syncPack(node) {
+  if (syncDynamicInputs(node)) fitNode(node);
 }
 
 function queueSync(node) {
@@ -168,7 +120,7 @@ function queueSync(node) {
   // After LiteGraph has finished the (dis)connection that called us.
   queueMicrotask(() => {
     s.syncQueued = false;
-    syncDynamicInputs(node);
+    syncPack(node);
     refresh(node);
   });
 }
@@ -203,8 +155,7 @@ function renderLocks(node, s, story) {
   if (story.invalid.length) hints.push([`Not understood in lock_shots: ${story.invalid.join(", ")}`, true]);
   const anyLocked = story.locked.some(Boolean);
   if (anyLocked && story.mode !== "edit") hints.push([`Locks are used in edit mode (mode is ${story.mode}).`, true]);
-  const keyframes = node.inputs?.find((i) => i.name === "keyframes");
-  if (anyLocked && keyframes?.link == null) hints.push(["Connect the earlier storyboard to 'keyframes'.", true]);
+  if (anyLocked && !isInputLinked(node, "keyframes")) hints.push(["Connect the earlier storyboard to 'keyframes'.", true]);
   for (const [text, warn] of hints) root.appendChild(el("div", `dreamshot-hint${warn ? " warn" : ""}`, text));
   s.lines = 1 + Math.max(1, Math.ceil(story.shots.length / 8)) * 1.5 + hints.length;
 }
@@ -243,8 +194,7 @@ function refresh(node, force = false) {
   const s = state.get(node);
   if (!s || !node.graph) return;
   const story = s.kind === "pack" ? storyForPack(node.graph, node) : storyForSampler(node.graph, node);
-  const keyframes = node.inputs?.find((i) => i.name === "keyframes");
-  const signature = `${storySignature(story)}|${s.kind === "pack" && keyframes?.link != null}`;
+  const signature = `${storySignature(story)}|${s.kind === "pack" && isInputLinked(node, "keyframes")}`;
   if (!force && signature === s.signature) return;
   s.signature = signature;
   (s.kind === "pack" ? renderLocks : renderShotList)(node, s, story);
@@ -302,7 +252,7 @@ app.registerExtension({
   loadedGraphNode(node) {
     // Inside loadGraphData, before the workflow's saved state is recorded: a loaded workflow
     // with its spare sockets does not count as modified.
-    if (state.get(node)?.kind === "pack") syncDynamicInputs(node);
+    if (state.get(node)?.kind === "pack") syncPack(node);
     if (state.has(node)) refresh(node, true);
   },
 });

@@ -43,12 +43,12 @@ export function socketIndex(name, base) {
   return n >= 2 ? n : null;
 }
 
-/** The sockets of one family, sorted by index: [{name, index, position, linked}]. */
-export function familySockets(inputs, base) {
+/** The sockets of one family on ``node``, sorted by index: [{name, index, position, linked}]. */
+export function familySockets(node, base) {
   const out = [];
-  (inputs ?? []).forEach((input, position) => {
+  (node?.inputs ?? []).forEach((input, position) => {
     const index = socketIndex(input?.name, base);
-    if (index !== null) out.push({ name: input.name, index, position, linked: input.link != null });
+    if (index !== null) out.push({ name: input.name, index, position, linked: node.isInputConnected(position) });
   });
   return out.sort((a, b) => a.index - b.index);
 }
@@ -69,8 +69,8 @@ export function nextSocketName(names, base) {
  * Empty sockets in the middle stay (removing them would renumber the others); the base socket is
  * never removed. Returns {add: name | null, remove: [names, last first]}.
  */
-export function planDynamicSockets(inputs, base) {
-  const sockets = familySockets(inputs, base);
+export function planDynamicSockets(node, base) {
+  const sockets = familySockets(node, base);
   if (sockets.length === 0) return { add: null, remove: [] };
   const lastLinked = sockets.reduce((top, s) => (s.linked ? Math.max(top, s.index) : top), 0);
   const after = sockets.filter((s) => s.index > lastLinked);
@@ -84,9 +84,11 @@ export function planDynamicSockets(inputs, base) {
 
 /** Where a new socket of the family goes: right after its last socket (else at the end). */
 export function insertPosition(inputs, base) {
-  const sockets = familySockets(inputs, base);
-  if (sockets.length === 0) return (inputs ?? []).length;
-  return Math.max(...sockets.map((s) => s.position)) + 1;
+  const positions = [];
+  (inputs ?? []).forEach((input, position) => {
+    if (socketIndex(input?.name, base) !== null) positions.push(position);
+  });
+  return positions.length ? Math.max(...positions) + 1 : (inputs ?? []).length;
 }
 
 /**
@@ -112,6 +114,100 @@ export function orderDynamicSockets(names, bases = Object.keys(DYNAMIC_SOCKETS))
   }
   for (const extra of numbered.values()) out.push(...extra); // a family without its base: at the end
   return out;
+}
+
+// ------------------------------------------------------------------------------ links on inputs
+//
+// A link names its target socket by position (link.target_slot). Frontends up to 1.52 also keep
+// the link id on the socket object (input.link); from 1.53.6 the graph's link store is the only
+// record: a socket's link is whichever link targets its position, reading input.link warns
+// (deprecated) and assigning it does nothing, and a link cannot be moved onto an occupied slot.
+// So links are read with node.getInputLink / isInputConnected (both eras) and sockets are
+// reordered by moving the link objects with them (reorderInputs).
+
+function inputSlot(node, name) {
+  return node?.inputs?.findIndex((i) => i.name === name) ?? -1;
+}
+
+/** The link object on ``node``'s input ``name``, or null. */
+export function inputLink(node, name) {
+  const slot = inputSlot(node, name);
+  return slot >= 0 ? node.getInputLink(slot) ?? null : null;
+}
+
+/** Whether ``node``'s input ``name`` is connected. */
+export function isInputLinked(node, name) {
+  const slot = inputSlot(node, name);
+  return slot >= 0 && node.isInputConnected(slot);
+}
+
+/**
+ * Rearrange ``node.inputs`` into ``order`` (the same socket objects) and move every link with its
+ * socket. Links are parked on slots past the end first, so no two ever target one slot.
+ */
+export function reorderInputs(node, order) {
+  const linked = new Map();
+  node.inputs.forEach((input, slot) => {
+    const link = node.getInputLink(slot);
+    if (link) linked.set(input, link);
+  });
+  // A link cut from its origin behind a reroute floats, still pointing at a socket by position.
+  const floating = [...(node.graph?.floatingLinks?.values() ?? [])]
+    .filter((link) => String(link.target_id) === String(node.id) && link.target_slot >= 0)
+    .map((link) => [link, node.inputs[link.target_slot]]);
+  node.inputs.splice(0, node.inputs.length, ...order);
+  const moves = [];
+  order.forEach((input, slot) => {
+    const link = linked.get(input);
+    if (link && link.target_slot !== slot) moves.push([link, slot]);
+  });
+  moves.forEach(([link], k) => {
+    link.target_slot = order.length + k;
+  });
+  for (const [link, slot] of moves) link.target_slot = slot;
+  for (const [link, input] of floating) {
+    const slot = order.indexOf(input);
+    if (slot >= 0) link.target_slot = slot;
+  }
+}
+
+/** Put numbered sockets back next to their base, in number order. Returns true if it moved any. */
+export function orderInputs(node) {
+  const names = node.inputs.map((i) => i.name);
+  const order = orderDynamicSockets(names);
+  if (order.every((name, i) => name === names[i])) return false;
+  const byName = new Map(node.inputs.map((i) => [i.name, i]));
+  reorderInputs(node, order.map((name) => byName.get(name)));
+  return true;
+}
+
+/**
+ * Make each socket family of a Shot Sequence Pack end with exactly one empty socket, right after
+ * the family. Returns true if anything changed.
+ */
+export function syncDynamicInputs(node) {
+  if (!node.inputs || !node.graph) return false;
+  let changed = orderInputs(node);
+  for (const [base, type] of Object.entries(DYNAMIC_SOCKETS)) {
+    const plan = planDynamicSockets(node, base);
+    for (const name of plan.remove) {
+      const slot = inputSlot(node, name);
+      if (slot >= 0 && !node.isInputConnected(slot)) {
+        node.removeInput(slot);
+        changed = true;
+      }
+    }
+    if (plan.add) {
+      const at = insertPosition(node.inputs, base);
+      const template = node.inputs.find((i) => i.name === base);
+      node.addInput(plan.add, type, template?.shape !== undefined ? { shape: template.shape } : undefined);
+      const order = [...node.inputs];
+      order.splice(at, 0, order.pop());
+      reorderInputs(node, order);
+      changed = true;
+    }
+  }
+  return changed;
 }
 
 // ---------------------------------------------------------------------------------- shot lists
@@ -167,29 +263,17 @@ export function toggleShot(text, numShots, index) {
 
 // ------------------------------------------------------------------------------- graph walking
 
-/** The link object for an id, from a LiteGraph graph (getLink / links Map / links object). */
-function getLink(graph, id) {
-  if (id == null || !graph) return null;
-  if (typeof graph.getLink === "function") return graph.getLink(id) ?? null;
-  const links = graph.links ?? graph._links;
-  if (!links) return null;
-  return (typeof links.get === "function" ? links.get(id) : links[id]) ?? null;
-}
-
 function nodeType(node) {
   return node?.comfyClass ?? node?.type ?? null;
 }
 
 /** The node feeding ``node``'s input ``name`` (through legacy Reroute nodes), or null. */
 export function upstreamNode(graph, node, name) {
-  let input = node?.inputs?.find((i) => i.name === name);
-  let current = null;
-  for (let hops = 0; hops < MAX_HOPS; hops++) {
-    const link = getLink(graph, input?.link);
-    if (!link) return null;
-    current = graph.getNodeById(link.origin_id) ?? null;
+  let link = inputLink(node, name);
+  for (let hops = 0; hops < MAX_HOPS && link; hops++) {
+    const current = graph.getNodeById(link.origin_id) ?? null;
     if (!current || !REROUTE_TYPES.has(nodeType(current))) return current;
-    input = current.inputs?.[0];
+    link = current.inputs?.length ? current.getInputLink(0) : null;
   }
   return null;
 }
@@ -197,7 +281,7 @@ export function upstreamNode(graph, node, name) {
 /** The value of a widget, or of the node feeding it when the widget was turned into an input. */
 export function widgetValue(graph, node, name) {
   const input = node?.inputs?.find((i) => i.name === name && i.widget);
-  if (input && input.link != null) {
+  if (input && isInputLinked(node, name)) {
     const source = upstreamNode(graph, node, name);
     const value = source?.widgets?.find((w) => typeof w.value === "string")?.value;
     return typeof value === "string" ? value : null;
@@ -238,7 +322,7 @@ function walkChain(graph, last, type, linkName, seen) {
 export function collectShots(graph, pack) {
   const shots = [];
   const seen = new Set();
-  for (const socket of familySockets(pack?.inputs, "shots")) {
+  for (const socket of familySockets(pack, "shots")) {
     if (!socket.linked) continue;
     const start = upstreamNode(graph, pack, socket.name);
     const { nodes, broken } = walkChain(graph, start, NODE_IDS.shotScript, "shots", seen);
@@ -261,7 +345,7 @@ export function collectShots(graph, pack) {
 export function collectCharacters(graph, pack) {
   const names = [];
   const seen = new Set();
-  for (const socket of familySockets(pack?.inputs, "characters")) {
+  for (const socket of familySockets(pack, "characters")) {
     if (!socket.linked) continue;
     const start = upstreamNode(graph, pack, socket.name);
     const { nodes } = walkChain(graph, start, NODE_IDS.characterReference, "characters", seen);

@@ -9,7 +9,7 @@ from ..dreamshot.errors import DreamShotInputError
 from ..dreamshot.images import FIT_METHODS
 from ..dreamshot.layout import DEFAULT_MAX_LATENT_FRAMES
 from ..dreamshot.modes import Mode, parse_shot_list
-from ..dreamshot.story import encode_story, plan_story
+from ..dreamshot.story import Character, Shot, encode_story, plan_story
 from .errors import reported_as
 from .types import CATEGORY, Characters, Sequence, Shots
 
@@ -25,17 +25,45 @@ def clip_text_encoder(clip):
 
 
 NUMBERED_SOCKET = re.compile(r"^(shots|characters)_(\d+)$")
+# What each socket family carries: (item type, what it is, the node whose output it takes).
+CHAINS = {"shots": (Shot, "a shot chain", "Shot Script"),
+          "characters": (Character, "a character chain", "Character Reference")}
+
+
+def _what(value) -> str:
+    """A user's name for what reached a socket."""
+    if isinstance(value, tuple) and value:
+        for item_type, what, _ in CHAINS.values():
+            if all(isinstance(item, item_type) for item in value):
+                return what
+    shape = getattr(value, "shape", None)
+    return f"a {type(value).__name__}" + (f" of shape {list(shape)}" if shape is not None else "")
+
+
+def check_chain(name: str, base: str, value) -> None:
+    """Refuse anything but ``base``'s chain on socket ``name``: the server type-checks only the
+    declared sockets, not the numbered ones the frontend extension adds."""
+    item_type, what, source = CHAINS[base]
+    if value is None or (isinstance(value, tuple) and all(isinstance(item, item_type) for item in value)):
+        return
+    raise DreamShotInputError(
+        name, f"receives {_what(value)}, not {what}.",
+        f"connect only {source} nodes to '{base}' and '{base}_N' (if the workflow was opened in a newer ComfyUI "
+        "frontend with an older DreamShot, its links may have moved to other sockets: reconnect them).")
 
 
 def join_numbered(base: str, first, extra: dict) -> tuple:
     """``first`` + the chains on sockets base_2, base_3, ... in number order (None skipped)."""
+    check_chain(base, base, first)
     numbered = []
     for key, value in extra.items():
         match = NUMBERED_SOCKET.match(key)
         if match is None:
             raise DreamShotInputError(key, "is not an input of this node.", "reload the workflow or remove the link.")
-        if match.group(1) == base and value is not None:
-            numbered.append((int(match.group(2)), value))
+        if match.group(1) == base:
+            check_chain(key, base, value)
+            if value is not None:
+                numbered.append((int(match.group(2)), value))
     joined = tuple(first or ())
     for _, chain in sorted(numbered, key=lambda kv: kv[0]):
         joined += tuple(chain)

@@ -214,6 +214,25 @@ def test_pack_errors_name_node_input_and_fix(N, cast, tiny_vae, tiny_clip, overr
     assert text.startswith("Shot Sequence Pack: ") and needle in text and "Fix:" in text
 
 
+@pytest.mark.parametrize("socket, wrong, needle", [
+    ("shots_2", "characters", "receives a character chain, not a shot chain"),
+    ("shots_3", "image", "receives a Tensor of shape [1, 64, 64, 3], not a shot chain"),
+    ("characters_2", "shots", "receives a shot chain, not a character chain"),
+    ("characters", "image", "receives a Tensor of shape [1, 64, 64, 3], not a character chain"),
+])
+def test_pack_refuses_what_is_not_a_chain_on_a_chain_socket(N, cast, socket, wrong, needle):
+    """The server checks types only on declared sockets; a numbered socket can receive anything (a
+    frontend that moved the links): the node names the socket, what it got and the fix, before
+    touching the VAE or the text encoder."""
+    shots = _shots(N, PROMPTS[:1])
+    value = {"characters": cast, "shots": shots, "image": _image(3)}[wrong]
+    args = {"characters": cast, socket: value}
+    with pytest.raises(ValueError) as e:
+        _pack(N, None, None, shots, **args)
+    text = str(e.value)
+    assert text.startswith(f"Shot Sequence Pack: input '{socket}': {needle}.") and "Fix: connect only" in text
+
+
 def test_unknown_character_is_named(N, cast, tiny_vae, tiny_clip):
     (shots,) = N.DreamShotShotScript(prompt="x", characters="Mira, Bobb")
     with pytest.raises(ValueError, match=r"shot 1 names unknown character\(s\) 'Bobb' \(known: Mira, Theo\)"):

@@ -138,3 +138,18 @@ def test_bad_story_fails_with_the_nodes_message(server):
     prompt[shot]["inputs"]["characters"] = "Mira, Bobb"
     with pytest.raises(PromptFailed, match=r"Shot Sequence Pack: input 'shots': shot 1 names unknown character"):
         server.wait(server.queue(prompt), timeout=300)
+
+
+@pytest.mark.parametrize("socket, source_type, needle", [
+    ("shots_2", "DreamShotCharacterReference", "receives a character chain, not a shot chain"),
+    ("characters_2", "LoadImage", r"receives a Tensor of shape \[1, \d+, \d+, 3\], not a character chain"),
+])
+def test_pack_refuses_a_wrong_link_on_a_numbered_socket(server, socket, source_type, needle):
+    """What frontends >= 1.53.6 sent with DreamShot's older extension (links moved onto other sockets):
+    the server accepts it (numbered sockets are not type-checked) and the node refuses it by name."""
+    prompt = _prompt(server, "dreamshot_reference_to_shot.json")
+    pack = next(i for i, n in prompt.items() if n["class_type"] == "DreamShotShotSequencePack")
+    source = next(i for i, n in prompt.items() if n["class_type"] == source_type)
+    prompt[pack]["inputs"][socket] = [source, 0]
+    with pytest.raises(PromptFailed, match=rf"Shot Sequence Pack: input '{socket}': {needle}\. Fix: connect only"):
+        server.wait(server.queue(prompt), timeout=300)
