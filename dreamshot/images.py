@@ -1,13 +1,39 @@
-"""Fitting reference and shot images to the storyboard size. Images are [H, W, 3] floats in 0..1."""
+"""Loading image files and fitting reference and shot images to the storyboard size. Images are
+[H, W, 3] floats in 0..1, masks [H, W]."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from .errors import DreamShotInputError
 
 FIT_METHODS = ("pad_white", "crop", "stretch", "error")
+
+
+def load_image(path: str | Path) -> torch.Tensor:
+    """An image file -> [H, W, 3] float in 0..1 (alpha composited on white, as references are padded
+    with white)."""
+    with Image.open(path) as im:
+        im.load()
+        if im.mode in ("RGBA", "LA", "P"):
+            im = im.convert("RGBA")
+            white = Image.new("RGBA", im.size, (255, 255, 255, 255))
+            im = Image.alpha_composite(white, im)
+        rgb = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(rgb.copy())
+
+
+def load_mask(path: str | Path) -> torch.Tensor:
+    """A mask file (white = inside) -> [H, W] float in 0..1, read by ``load_image``: a greyscale file
+    exactly, a coloured one as the mean of its channels."""
+    rgb = load_image(path)
+    grey = rgb[..., 0]
+    return grey if torch.equal(grey, rgb[..., 1]) and torch.equal(grey, rgb[..., 2]) else rgb.mean(dim=-1)
 
 
 def _resize(image: torch.Tensor, height: int, width: int) -> torch.Tensor:

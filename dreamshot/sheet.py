@@ -288,14 +288,15 @@ def _inside(path: str, root: str) -> bool:
     return os.path.commonpath([path, root]) == root
 
 
-def _next_counter(out_dir: str, stem: str) -> int:
-    """1 + the highest counter already used by ``stem`` (either extension), as ComfyUI numbers files."""
-    pattern = re.compile(re.escape(stem) + r"_(\d+)_\.(?:png|pdf)$", re.IGNORECASE)
+def next_counter(out_dir: str, stem: str, suffixes: Sequence[str] = (".png", ".pdf")) -> int:
+    """1 + the highest counter already used by ``<stem>_<counter>_<suffix>`` in ``out_dir``, as ComfyUI
+    numbers files (a suffix "" matches folders)."""
+    pattern = re.compile(re.escape(stem) + r"_(\d+)_(?:" + "|".join(map(re.escape, suffixes)) + ")$", re.IGNORECASE)
     used = [int(m.group(1)) for m in map(pattern.match, os.listdir(out_dir)) if m]
     return max(used, default=0) + 1
 
 
-def _write_temp(out_dir: str, data: bytes) -> str:
+def write_temp(out_dir: str, data: bytes) -> str:
     fd, tmp = tempfile.mkstemp(prefix=".dreamshot-", suffix=".tmp", dir=out_dir)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -308,7 +309,7 @@ def _write_temp(out_dir: str, data: bytes) -> str:
     return tmp
 
 
-def _publish(tmp: str, target: str) -> bool:
+def publish_new(tmp: str, target: str) -> bool:
     """Give ``tmp``'s content the name ``target`` only if no such file exists; False if taken.
 
     A hard link is atomic and fails when the name exists. Where links are not supported, the
@@ -370,9 +371,9 @@ def save_sheet_files(image: Image.Image, out_dir: str, stem: str, *, pdf: bool =
     payloads = [(".png", _encode_png(image, pnginfo))]
     if pdf:
         payloads.append((".pdf", _encode_pdf(image, title)))
-    temps = [(ext, _write_temp(out_dir, data)) for ext, data in payloads]
+    temps = [(ext, write_temp(out_dir, data)) for ext, data in payloads]
     try:
-        counter = _next_counter(out_dir, stem)
+        counter = next_counter(out_dir, stem)
         for counter in range(counter, counter + max_tries):
             base = _COUNTER.format(stem=stem, counter=counter)
             targets = [os.path.join(out_dir, base + ext) for ext, _ in temps]
@@ -380,7 +381,7 @@ def save_sheet_files(image: Image.Image, out_dir: str, stem: str, *, pdf: bool =
                 continue
             published: list[str] = []
             for (_, tmp), target in zip(temps, targets):
-                if not _publish(tmp, target):
+                if not publish_new(tmp, target):
                     break
                 published.append(target)
             if len(published) == len(targets):

@@ -6,9 +6,10 @@ from .pack import ShotSequencePack
 from .racl import RACLAttentionPatch
 from .sampler import DreamShotSampler
 from .sheet import StoryboardSheet
+from .story_files import LoadStory, SaveStory
 from .story_nodes import CharacterReference, ShotScript
 
 NODES = [LoadDreamShotModel, CharacterReference, ShotScript, ShotSequencePack, DreamShotSampler, RACLAttentionPatch,
-         StoryboardSheet, StoryMetrics]
+         StoryboardSheet, StoryMetrics, LoadStory, SaveStory]
 
 __all__ = ["NODES", "register_model_folder"]

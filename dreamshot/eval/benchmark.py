@@ -85,15 +85,6 @@ class Benchmark:
         return self.path.parent
 
 
-def _box(chk: FieldChecker, fieldname: str, raw) -> tuple[float, float, float, float] | None:
-    ok = isinstance(raw, list) and len(raw) == 4 and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) for v in raw)
-    if not ok or not (raw[2] > raw[0] and raw[3] > raw[1]) or min(raw) < 0:
-        chk.bad(fieldname, f"expected [x0, y0, x1, y1] with x1 > x0, y1 > y0, all >= 0, got {raw!r}")
-        return None
-    return tuple(float(v) for v in raw)
-
-
 def _story(chk: FieldChecker, i: int, raw) -> BenchStory | None:
     pre = f"stories[{i}]"
     if not isinstance(raw, dict):
@@ -161,7 +152,7 @@ def _story(chk: FieldChecker, i: int, raw) -> BenchStory | None:
         for cid, b in boxes_raw.items():
             if cid not in who:
                 chk.bad(f"{spre}.boxes.{cid}", "gives a box for a character not listed in the shot's characters")
-            box = _box(chk, f"{spre}.boxes.{cid}", b)
+            box = chk.box(f"{spre}.boxes.{cid}", b)
             if box is not None:
                 boxes.append((cid, box))
         if boxes_raw and set(boxes_raw) != set(who):

@@ -30,52 +30,42 @@ log = logging.getLogger("DreamShot.vistory")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .runner import add_model_arguments
+
     ap = argparse.ArgumentParser(prog="python -m dreamshot.vistory", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--stories", required=True, help="the ViStoryBench JSON (vistory_dreamshot_ch_v1.json)")
     ap.add_argument("--data-root", required=True, help="folder the JSON's fg_url_list paths are relative to")
     ap.add_argument("--out", required=True, help="output folder: <out>/<story>/<N>.png")
-    ap.add_argument("--dit", required=True, help="Wan2.1 T2V 14B diffusion model (.safetensors, ComfyUI format)")
-    ap.add_argument("--vae", required=True, help="wan_2.1_vae.safetensors")
-    ap.add_argument("--text-encoder", required=True, help="umt5_xxl (ComfyUI format)")
-    ap.add_argument("--lora", action="append", default=[], metavar="PATH",
-                    help="DreamShot LoRA, strength 1 (repeat: SFT then RL, as released)")
-    ap.add_argument("--distill-lora", help="LightX2V 4-step LoRA (switches to the official 4-step settings)")
+    add_model_arguments(ap)
     ap.add_argument("--resolution", type=int, choices=(720, 480, 360), default=720)
     ap.add_argument("--width", type=int, help="override the resolution's width (multiple of 16)")
     ap.add_argument("--height", type=int, help="override the resolution's height (multiple of 16)")
     ap.add_argument("--steps", type=int)
     ap.add_argument("--cfg", type=float, help="text guidance")
     ap.add_argument("--ref-cfg", type=float, help="reference-image guidance")
-    ap.add_argument("--shift", type=float, default=1.0, help="sigma shift (official: 1.0)")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--target-frame", type=int, default=6, help="shots per pass")
     ap.add_argument("--context-frame", type=int, default=0, help="earlier shots given clean to each later pass")
     ap.add_argument("--shot-mode", choices=("ref2shot", "text2shot"), default="ref2shot")
-    ap.add_argument("--sampler", default="euler")
-    ap.add_argument("--scheduler", default="simple")
     ap.add_argument("--only", help="comma-separated story keys (default: all)")
     ap.add_argument("--shard", metavar="I/N", help="run only every N-th story, starting at the I-th (0-based), "
                     "to split the stories over N processes; under torchrun, RANK/WORLD_SIZE do this")
     ap.add_argument("--prompt-field", default="prompt_cn")
     ap.add_argument("--ref-prompt-field", default="ref_prompt_cn_format")
-    ap.add_argument("--dit-dtype", choices=("bf16", "fp16", "fp32"), default="bf16")
-    ap.add_argument("--text-encoder-config", help="JSON overriding UMT5 config keys (tiny test encoders only)")
-    ap.add_argument("--comfyui", help="ComfyUI folder (default: $COMFYUI_PATH, the enclosing ComfyUI, ~/ComfyUI)")
-    ap.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return ap
 
 
 def settings_from_args(args):
-    from .runner import RESOLUTIONS, RunSettings
+    from .runner import RESOLUTIONS, RunSettings, official_sampling
 
     width, height = RESOLUTIONS[args.resolution]
-    distill = bool(args.distill_lora)
+    steps, cfg, ref_cfg = official_sampling(bool(args.distill_lora))
     return RunSettings(
         width=args.width or width, height=args.height or height,
-        steps=args.steps if args.steps is not None else (4 if distill else 30),
-        cfg=args.cfg if args.cfg is not None else (1.0 if distill else 3.0),
-        ref_cfg=args.ref_cfg if args.ref_cfg is not None else (1.5 if distill else 2.0),
+        steps=args.steps if args.steps is not None else steps,
+        cfg=args.cfg if args.cfg is not None else cfg,
+        ref_cfg=args.ref_cfg if args.ref_cfg is not None else ref_cfg,
         shift=args.shift, seed=args.seed, target_frame=args.target_frame, context_frame=args.context_frame,
         sampler=args.sampler, scheduler=args.scheduler, with_references=args.shot_mode == "ref2shot",
         max_latent_frames=10 ** 6)   # the pass size is target_frame: the official runner sets no limit
@@ -87,7 +77,7 @@ def main(argv: list[str] | None = None, on_chunk=None) -> int:
     import torch
 
     from ..errors import DreamShotInputError
-    from .runner import existing_shots
+    from .runner import existing_shots, text_encoder_config
     from .shards import resolve_shard, use_rank_device
     from .stories import read_stories
 
@@ -96,7 +86,7 @@ def main(argv: list[str] | None = None, on_chunk=None) -> int:
         only = [k.strip() for k in args.only.split(",") if k.strip()] if args.only else None
         all_stories = read_stories(args.stories, args.data_root, only, args.prompt_field, args.ref_prompt_field)
         settings = settings_from_args(args)
-        te_config = json.loads(Path(args.text_encoder_config).read_text()) if args.text_encoder_config else None
+        te_config = text_encoder_config(args)
         device = use_rank_device(shard, torch.cuda.is_available(), torch.cuda.device_count())
     except (DreamShotInputError, OSError, json.JSONDecodeError) as e:
         log.error("%s", e)
@@ -123,9 +113,9 @@ def main(argv: list[str] | None = None, on_chunk=None) -> int:
         return 2
     from tqdm import tqdm
 
-    from .runner import generate_story, load_models
+    from .runner import generate_story, load_models, model_loras
 
-    loras = [(p, 1.0) for p in args.lora] + ([(args.distill_lora, 1.0)] if args.distill_lora else [])
+    loras = model_loras(args)
     try:
         model, vae, clip = load_models(args.dit, args.vae, args.text_encoder, loras, settings.shift, args.dit_dtype,
                                        te_config)

@@ -13,6 +13,7 @@ files an uninterrupted one does.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -52,6 +53,39 @@ class RunSettings:
     with_references: bool = True          # shot_mode ref2shot (else text2shot)
     negative_prompt: str = OFFICIAL_NEGATIVE
     max_latent_frames: int = 21
+
+
+def official_sampling(distill: bool) -> tuple[int, float, float]:
+    """(steps, cfg, ref_cfg) of the released runner, without or with the LightX2V 4-step LoRA."""
+    return (4, 1.0, 1.5) if distill else (30, 3.0, 2.0)
+
+
+def add_model_arguments(ap, required: bool = True) -> None:
+    """The model files and loading options shared by the headless generators (dreamshot.vistory,
+    dreamshot.generate)."""
+    ap.add_argument("--dit", required=required, help="Wan2.1 T2V diffusion model (.safetensors, ComfyUI format)")
+    ap.add_argument("--vae", required=required, help="wan_2.1_vae.safetensors")
+    ap.add_argument("--text-encoder", required=required, help="umt5_xxl (ComfyUI format)")
+    ap.add_argument("--lora", action="append", default=[], metavar="PATH",
+                    help="DreamShot LoRA, strength 1 (repeat: SFT then RL, as released)")
+    ap.add_argument("--distill-lora", help="LightX2V 4-step LoRA (switches to the official 4-step settings)")
+    ap.add_argument("--shift", type=float, default=1.0, help="sigma shift (official: 1.0)")
+    ap.add_argument("--sampler", default="euler")
+    ap.add_argument("--scheduler", default="simple")
+    ap.add_argument("--dit-dtype", choices=("bf16", "fp16", "fp32"), default="bf16")
+    ap.add_argument("--text-encoder-config", help="JSON overriding UMT5 config keys (tiny test encoders only)")
+    ap.add_argument("--comfyui", help="ComfyUI folder (default: $COMFYUI_PATH, the enclosing ComfyUI, ~/ComfyUI)")
+    ap.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+
+
+def model_loras(args) -> list[tuple[str, float]]:
+    """The LoRAs of add_model_arguments' options, in the order they are applied (SFT, RL, distill)."""
+    return [(p, 1.0) for p in args.lora] + ([(args.distill_lora, 1.0)] if args.distill_lora else [])
+
+
+def text_encoder_config(args) -> dict | None:
+    """--text-encoder-config's JSON file (tiny test encoders only), or None."""
+    return json.loads(Path(args.text_encoder_config).read_text()) if args.text_encoder_config else None
 
 
 def load_models(dit: str, vae: str, text_encoder: str, loras: list[tuple[str, float]], shift: float,

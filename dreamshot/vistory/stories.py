@@ -19,11 +19,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import torch
-from PIL import Image
-
 from ..errors import DreamShotInputError
+from ..images import load_image
 
 PROMPT_FIELD = "prompt_cn"
 REF_PROMPT_FIELD = "ref_prompt_cn_format"
@@ -129,18 +126,6 @@ def read_stories(path: str | Path, data_root: str | Path, only: list[str] | None
     return [parse_story(k, raw[k], data_root, prompt_field, ref_prompt_field) for k in keys]
 
 
-def load_image(path: Path) -> torch.Tensor:
-    """[H, W, 3] float in 0..1 (alpha composited on white, as references are padded with white)."""
-    with Image.open(path) as im:
-        im.load()
-        if im.mode in ("RGBA", "LA", "P"):
-            im = im.convert("RGBA")
-            white = Image.new("RGBA", im.size, (255, 255, 255, 255))
-            im = Image.alpha_composite(white, im)
-        rgb = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
-    return torch.from_numpy(rgb.copy())
-
-
 def story_cast(story: VistoryStory, with_references: bool):
     """(characters, shots) for dreamshot.story.plan_story: role k -> character "role{k}" with its
     reference image and prompt; each shot lists its roles."""
@@ -155,3 +140,14 @@ def story_cast(story: VistoryStory, with_references: bool):
     shots = [Shot(prompt=p, characters=tuple(role_name(r) for r in roles)) for p, roles in zip(story.prompts,
                                                                                             story.roles)]
     return characters, shots
+
+
+def to_story(story: VistoryStory):
+    """The story in DreamShot's story-file form (dreamshot.story_file.Story): the roles the shots use as
+    characters ``role<k>`` with their reference image and prompt, the shots with their prompts and
+    roles, and no settings, so ``python -m dreamshot.generate`` runs it with the official runner's
+    defaults, as ``python -m dreamshot.vistory`` does."""
+    from ..story_file import Story
+
+    characters, shots = story_cast(story, with_references=True)
+    return Story(characters=tuple(characters), shots=tuple(shots), title=f"ViStoryBench {story.key}")

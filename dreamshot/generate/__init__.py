@@ -1,0 +1,1 @@
+"""Headless generation of a story file: ``python -m dreamshot.generate story.yaml`` (see __main__)."""
