@@ -47,8 +47,9 @@ def load_state(patcher) -> dict:
     - resident_bytes: ComfyUI's own count of weights loaded on the load device;
     - lowvram: the model is loaded partially; streamed_modules: modules cast at every forward;
     - lowvram_patches: LoRA patches applied on the fly (LowVramPatch);
-    - backup_bytes: originals ComfyUI copied to patch a resident weight in place (ModelPatcher.backup,
-      shared by all clones), i.e. weights materialised twice;
+    - backup_keys / backup_bytes: originals ComfyUI keeps on the offload device to un-patch the
+      resident weights it patched (ModelPatcher.backup, shared by all clones; on a GPU these are the
+      RAM copies the weights were loaded from, the patched versions live in VRAM);
     - object_patch_bytes: tensors held by object patches (DreamShot's modulation diffs);
     - model_bytes: every weight of the model.
     """
