@@ -243,3 +243,32 @@ def test_no_patch_materialises_a_copy_of_the_weights(N, sampling, dit, seqs, lor
     largest_module = max(m.weight.numel() * m.weight.element_size() for m in base.model.modules()
                          if isinstance(getattr(m, "weight", None), torch.Tensor))
     assert biggest and max(biggest) <= largest_module
+
+
+def test_counted_figures_in_gpu_recipes_are_comfyuis(comfy_headless):
+    """docs/gpu-recipes.md's "count" figures: ComfyUI's own Wan2.1 14B / 1.3B and UMT5-XXL modules, built
+    on the meta device (no memory), have those parameter counts, modulation tables and largest weights."""
+    from pathlib import Path
+
+    import comfy.ldm.wan.model as wan
+    import comfy.ops
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "gpu-recipes.md").read_text()
+    for dim, ffn, layers, total in ((5120, 13824, 40, "14,288,491,584"), (1536, 8960, 30, "1,418,996,800")):
+        m = wan.WanModel(model_type="t2v", dim=dim, ffn_dim=ffn, num_heads=dim // 128, num_layers=layers,
+                         text_dim=4096, in_dim=16, out_dim=16, device="meta", dtype=torch.float16,
+                         operations=comfy.ops.disable_weight_init)
+        assert f"{sum(p.numel() for p in m.parameters()):,}" == total and total in doc
+        if dim == 5120:
+            modulation = sum(p.numel() for n, p in m.named_parameters() if n.endswith("modulation"))
+            assert modulation == 1_239_040 and "1.24M values" in doc
+            largest = max((mod.weight.numel(), n) for n, mod in m.named_modules() if isinstance(mod, torch.nn.Linear))
+            assert largest == (157_286_400, "time_projection.1") and "`time_projection.1`, 157M values" in doc
+            assert m.blocks[0].ffn[0].weight.numel() == 70_778_880 and "70.8M values" in doc
+    import json
+
+    import comfy.text_encoders.t5 as t5
+
+    config = json.loads((comfy_headless / "comfy" / "text_encoders" / "umt5_config_xxl.json").read_text())
+    umt5 = t5.T5(config, dtype=torch.float16, device="meta", operations=comfy.ops.manual_cast)
+    assert f"{sum(p.numel() for p in umt5.parameters()):,}" == "5,680,910,336" and "5,680,910,336" in doc
