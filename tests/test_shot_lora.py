@@ -311,6 +311,39 @@ def test_with_lora_slot_racl_and_reference_cfg(N, pack_module, tiny_wan_model, l
     assert not {k for k in tiny_wan_model.backup if any(f"{layer}." in k for layer in LAYERS[7:])}
 
 
+def test_lowvram_streamed_layers(N, pack_module, tiny_wan_model, lora_dirs, monkeypatch):
+    """ComfyUI's lowvram path: no layer resident, weights cast at every forward and the slot LoRA applied
+    on the fly by LowVramPatch (forced on the CPU by handing every load a weight budget of 0.1 bytes, what
+    --novram gives; everything after that number is ComfyUI's own loading code)."""
+    import comfy.model_management as mm
+
+    loras, slot_dir = lora_dirs
+    slot = write_lora(slot_dir / "slot_lv.safetensors", tiny_wan_model, layers=IMAGE_LAYERS[:7], seed=6, bias_layers=())
+    shot = write_lora(loras / "lv.safetensors", tiny_wan_model, seed=7)
+    seq = make_story(pack_module, SHOTS_3)
+    base = base_weights(tiny_wan_model)
+    (m,) = N.LoadDreamShotModel(model=tiny_wan_model, lora_name="slot_lv.safetensors", strength=1.0)
+    (m,) = N.DreamShotShotLoRA(model=m, lora_name="lv.safetensors", strength=1.0, shots="1, 3")
+    real = mm.LoadedModel.model_load
+    monkeypatch.setattr(mm.LoadedModel, "model_load", lambda self, lowvram_model_memory=0, force_patch_weights=False:
+                        real(self, 0.1, force_patch_weights=force_patch_weights))
+    streamed = []
+    q = tiny_wan_model.model.diffusion_model.blocks[0].self_attn.q
+    handle = q.register_forward_hook(lambda mod, inp, out: streamed.append(
+        (mod.comfy_cast_weights, [type(f).__name__ for f in mod.weight_function])))
+    try:
+        calls = run(pack_module, m, seq, tiny_wan_model)[0]
+    finally:
+        handle.remove()
+        monkeypatch.undo()
+        mm.unload_all_models()
+    assert streamed and all(cast and fns == ["LowVramPatch"] for cast, fns in streamed)
+    with_slot = merged_weights(tiny_wan_model, base, [(slot, 1.0)])
+    both = merged_weights(tiny_wan_model, base, [(slot, 1.0), (shot, 1.0)])
+    check_layers(calls, with_slot, [(*shot_spans(seq, [0, 2]), both)])
+    assert not tiny_wan_model.backup                                    # nothing merged in place at all
+
+
 @pytest.mark.parametrize("kwargs, needle", [
     (dict(shots="two"), r"input 'shots': 'two' is not a shot number"),
     (dict(shots=""), r"input 'shots': no shots and no character are given"),
