@@ -18,6 +18,7 @@ import logging
 
 import comfy.patcher_extension
 
+from . import compat
 from ..errors import DreamShotInputError
 from ..shot_lora import (IMAGE_ROWS, NODE, TEXT_ROWS, LowRankDelta, ShotLoRA, StoryPass, add_scoped_delta,
                          pass_rows, row_kind, story_scope)
@@ -125,17 +126,6 @@ def _scoped_forward(base_forward, path: str, entries, expected_rows: int, state:
     return forward
 
 
-def _sequential_ffn(ffn):
-    """Wan's feed-forward as Linear -> GELU -> Linear module calls. In 0.3.64 this is exactly
-    nn.Sequential.forward. Newer ComfyUI's WanFeedForward (comfy/ldm/wan/model.py @0c9a69ae) hands the
-    second Linear to comfy.ops.linear_input_act, whose INT8 and fp16-accumulation kernels read its
-    weight without calling its forward; the Shot LoRA patch on ffn.2 needs the call."""
-
-    def forward(x):
-        return ffn[2](ffn[1](ffn[0](x)))
-    return forward
-
-
 def install(m, sequence, story_pass: StoryPass | None = None) -> None:
     """Patch the layers of the sampling clone ``m`` for the Shot LoRAs it carries, for ``sequence``
     (one pass; ``story_pass`` maps its shots to the story's, None = the sequence is the story)."""
@@ -167,5 +157,5 @@ def install(m, sequence, story_pass: StoryPass | None = None) -> None:
         if path.endswith(".ffn.2"):
             ffn = path[: -len(".2")]
             if f"{ffn}.forward" not in m.object_patches:
-                m.add_object_patch(f"{ffn}.forward", _sequential_ffn(m.get_model_object(ffn)))
+                m.add_object_patch(f"{ffn}.forward", compat.feed_forward_as_module_calls(m.get_model_object(ffn)))
     m.add_callback_with_key(comfy.patcher_extension.CallbacksMP.ON_CLEANUP, CALLBACK_KEY, state.end_of_run)
