@@ -22,6 +22,7 @@ from ..errors import DreamShotInputError
 from ..guidance import two_scale_guidance
 from ..modes import Mode
 from ..packing import decode_keyframes, pack_latent, shot_latent
+from ..shot_lora import StoryPass
 from ..story import Character, Shot, StorySequence, fold_chunk_text, plan_story, unfold_story
 from ..text_fold import context_segments
 from .wan_patches import NO_REFS_KEY, patch_for_story
@@ -67,14 +68,16 @@ def _progress_callback(m, steps: int, offset: int = 0, total: int | None = None,
 
 
 def sample_story(model, sequence, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str,
-                 denoise: float = 1.0, ref_cfg: float = 1.0, callback=None) -> torch.Tensor:
+                 denoise: float = 1.0, ref_cfg: float = 1.0, callback=None,
+                 story_pass: StoryPass | None = None) -> torch.Tensor:
     """Denoise the generated frames of ``sequence``; returns the full packed latent [1, C, F, h, w].
 
     Clean frames (references, kept shots) are copied back from the input afterwards: the sampler
     keeps them to ~1e-6, DreamShot promises them bit-exact. ``ref_cfg`` is ignored (1) when the
-    story has no references.
+    story has no references. ``story_pass``: when ``sequence`` is one chunk of a story, its shots' story
+    indices (for Shot LoRAs).
     """
-    m = patch_for_story(model, sequence)
+    m = patch_for_story(model, sequence, story_pass)
     latent = sequence.latent
     latent_image = comfy.sample.fix_empty_latent_channels(m, latent)
     noise = comfy.sample.prepare_noise(latent_image, seed)
@@ -249,7 +252,7 @@ def sample_long_story(model, sequence, seed: int, steps: int, cfg: float, sample
         if sub.layout.generated_shots:
             callback = _progress_callback(model, steps, offset=n * steps, total=steps * len(todo), progress=progress)
             latent = sample_story(model, sub, seed, steps, cfg, sampler_name, scheduler, ref_cfg=ref_cfg,
-                                  callback=callback)
+                                  callback=callback, story_pass=StoryPass(sequence.plan, tuple(context + targets)))
         else:
             latent = sub.latent
         images = keyframes_from_latent(sub, latent)[len(context):]
