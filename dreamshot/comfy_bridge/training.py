@@ -13,6 +13,8 @@
   timesteps, per-shot cross-attention) on a clone, plus training-only block replacements
   (gradient checkpointing, block index for RACL) and a self-attention hook
   that accumulates the RACL loss.
+- Memory options (``dreamshot.train`` config): ``store_fp8`` (frozen block linears in float8, cast per
+  layer by ComfyUI's ops), block swap and offloaded checkpointed block inputs (``StoryModel``).
 """
 
 from __future__ import annotations
@@ -99,6 +101,62 @@ def describe_base_model(m, path: str = "") -> str:
     size = {1536: "1.3B", 5120: "14B"}.get(dm.dim, f"dim{dm.dim}-{len(dm.blocks)}blocks")
     name = Path(path).name if path else ""
     return f"wan2.1_t2v_{size}" + (f" ({name})" if name else "")
+
+
+# -- memory options --------------------------------------------------------------------------------
+def _cast_ops(module: torch.nn.Module):
+    """ComfyUI ops (Linear, norms, Conv) under ``module``: the layers ComfyUI can cast per use."""
+    for name, mod in module.named_modules():
+        if hasattr(mod, "comfy_cast_weights"):
+            yield name, mod
+
+
+def store_fp8(m, skip_blocks: Sequence[int] = (), dtype: torch.dtype = torch.float8_e4m3fn) -> int:
+    """Store the frozen Linear weights of the DiT blocks in ``dtype`` (float8_e4m3fn); returns the bytes saved.
+
+    Each such layer then runs ComfyUI's cast path (``comfy_cast_weights``: ``comfy.ops.cast_bias_weight``
+    casts the weight to the input's dtype and device per call), the path ComfyUI itself takes for a model
+    loaded with UNETLoader's weight_dtype fp8_e4m3fn. Unlike that loader, only the block linears are
+    rounded: biases, norms, modulation, embeddings, head and the blocks in ``skip_blocks`` (fully fine-tuned)
+    keep their dtype. A LoRA on such a layer adds ``lora(x)`` to ``F.linear(x, cast(W_fp8))``, so it
+    learns against the rounded weight; its file is the same LoRA file.
+    """
+    import comfy.ops
+
+    saved = 0
+    skip = set(skip_blocks)
+    for i, block in enumerate(m.model.diffusion_model.blocks):
+        if i in skip:
+            continue
+        for _, mod in _cast_ops(block):
+            if isinstance(mod, comfy.ops.disable_weight_init.Linear) and mod.weight.dtype != dtype:
+                before = mod.weight.nbytes
+                mod.weight = torch.nn.Parameter(mod.weight.detach().to(dtype), requires_grad=False)
+                mod.comfy_cast_weights = True
+                saved += before - mod.weight.nbytes
+    return saved
+
+
+def swapped_blocks(num_blocks: int, blocks_to_swap: int) -> range:
+    """The blocks that stay in CPU memory: the last ``blocks_to_swap`` (as musubi-tuner)."""
+    if not 0 <= blocks_to_swap <= num_blocks:
+        raise ValueError(f"train.blocks_to_swap = {blocks_to_swap}: this model has {num_blocks} blocks")
+    return range(num_blocks - blocks_to_swap, num_blocks)
+
+
+def _pin(t: torch.Tensor) -> torch.Tensor:
+    try:
+        return t.pin_memory()
+    except RuntimeError as e:   # pinned memory is page-locked host RAM, which can run out
+        log.warning("DreamShot: could not pin a swapped block's weights in host memory (%s); copies are slower", e)
+        return t
+
+
+def _to_host(t: torch.Tensor) -> torch.Tensor:
+    """A host copy of a checkpointed block input (always a copy, so on a CPU run it is still one)."""
+    from ..train.memory import host_resident
+
+    return host_resident(t.to("cpu", copy=True))
 
 
 # -- trainable adapters -----------------------------------------------------------------------
@@ -265,8 +323,10 @@ def attach_trainable(m, rank: int, alpha: float, targets: Sequence[str], lora_bl
 class RACLCollector:
     """Self-attention hook: RACL on the chosen blocks' q/k, then the normal attention."""
 
-    def __init__(self, config):
+    def __init__(self, config, budget_bytes: int = 0):
         self.config = config          # dreamshot.role_attention.RACLConfig
+        # racl.budget_bytes: passed on only when set, so 0 keeps role_attention's own default
+        self.options = {"budget_bytes": int(budget_bytes)} if budget_bytes else {}
         self.role_map = None
         self.armed = False
         self.losses: list[torch.Tensor] = []
@@ -288,24 +348,34 @@ class RACLCollector:
         block = (transformer_options or {}).get(BLOCK_KEY)
         if self.role_map is not None and self.role_map.regions and block is not None \
                 and self.config.uses_layer(block):
-            loss = racl_loss(q, k, heads, self.role_map, kind=self.config.kind, eps=self.config.eps)
+            loss = racl_loss(q, k, heads, self.role_map, kind=self.config.kind, eps=self.config.eps, **self.options)
             if self.armed:
                 self.losses.append(loss)
         return func(q, k, v, heads=heads, transformer_options=transformer_options, **kwargs)
 
 
-def _training_block(index: int, block: torch.nn.Module, grad_ckpt: bool):
+def _training_block(index: int, block: torch.nn.Module, grad_ckpt: bool, offload: bool = False):
     """patches_replace["dit"][("double_block", i)]: sets the block index (RACL) and checkpoints the
     block. It calls the block itself, never extra["original_block"]: that closure binds the forward
-    loop's *last* block by the time backward recomputes."""
+    loop's *last* block by the time backward recomputes.
+
+    ``offload``: the block's input, which checkpointing keeps for the recomputation, is kept as a host
+    copy and brought back to the device inside the checkpointed function (forward and recompute), so
+    the device holds no block input between forward and backward."""
     from .role_patch import BLOCK_KEY
 
     def run(img, vec, txt, pe, options):
         return block(img, e=vec, freqs=pe, context=txt, context_img_len=None, transformer_options=options)
 
+    def run_from_host(host, vec, txt, pe, options):
+        return run(host.to(vec.device, copy=True), vec, txt, pe, options)
+
     def replacement(args, extra):
         options = {**args["transformer_options"], BLOCK_KEY: index}
-        if grad_ckpt and torch.is_grad_enabled():
+        if grad_ckpt and torch.is_grad_enabled() and offload:
+            img = checkpoint(run_from_host, _to_host(args["img"]), args["vec"], args["txt"], args["pe"], options,
+                             use_reentrant=False)
+        elif grad_ckpt and torch.is_grad_enabled():
             img = checkpoint(run, args["img"], args["vec"], args["txt"], args["pe"], options, use_reentrant=False)
         else:
             img = run(args["img"], args["vec"], args["txt"], args["pe"], options)
@@ -322,7 +392,8 @@ class StoryModel:
     segment, and RACL is accumulated from the self-attention q/k of the chosen blocks.
     """
 
-    def __init__(self, model, adapters: TrainableAdapters, gradient_checkpointing: bool = True, racl=None):
+    def __init__(self, model, adapters: TrainableAdapters, gradient_checkpointing: bool = True, racl=None,
+                 offload_activations: bool = False, blocks_to_swap: int = 0, racl_budget_bytes: int = 0):
         from .compat import is_dynamic
         from .wan_patches import SELF_ATTENTION_HOOKS_KEY, _attention_override, _clean_frame_patches
 
@@ -339,12 +410,15 @@ class StoryModel:
         to = m.model_options.setdefault("transformer_options", {})
         to["optimized_attention_override"] = _attention_override(to.get("optimized_attention_override"))
         blocks = m.model.diffusion_model.blocks
+        if (offload_activations or blocks_to_swap) and not gradient_checkpointing:
+            raise ValueError("offloaded activations and block swap need gradient checkpointing")
         for i, block in enumerate(blocks):
-            m.set_model_patch_replace(_training_block(i, block, gradient_checkpointing),
+            m.set_model_patch_replace(_training_block(i, block, gradient_checkpointing, offload_activations),
                                       "dit", "double_block", i)
         self.patcher = m
         self.adapters = adapters
-        self.racl = RACLCollector(racl) if racl is not None and racl.lambda_racl > 0 else None
+        self.swapped = swapped_blocks(len(blocks), blocks_to_swap)
+        self.racl = RACLCollector(racl, racl_budget_bytes) if racl is not None and racl.lambda_racl > 0 else None
         self._hooks_key = SELF_ATTENTION_HOOKS_KEY
 
     @property
@@ -352,13 +426,16 @@ class StoryModel:
         return self.patcher.model
 
     def load(self, device: torch.device | None = None, fsdp_mesh=None) -> None:
-        """Apply the patches and put the model on its device (ComfyUI's load_models_gpu), or, with an
-        FSDP mesh, apply them on the offload device and shard every block (FSDP2, frozen weights)."""
+        """Apply the patches and put the model on its device (ComfyUI's load_models_gpu); with swapped
+        blocks, apply them in host memory and move all but those blocks; with an FSDP mesh, apply them
+        on the offload device and shard every block (FSDP2, frozen weights)."""
         import comfy.model_management
 
         self.patcher.model.requires_grad_(False)
-        if fsdp_mesh is None:
+        if fsdp_mesh is None and not self.swapped:
             comfy.model_management.load_models_gpu([self.patcher], force_full_load=True)
+        elif fsdp_mesh is None:
+            self._load_swapped(device or comfy.model_management.get_torch_device())
         else:
             from torch.distributed.fsdp import fully_shard
 
@@ -372,8 +449,53 @@ class StoryModel:
         dev = device or self.device
         self.adapters.to(dev)
 
+    def _load_swapped(self, device: torch.device) -> None:
+        """Block swap: the swapped blocks' weights stay in (pinned) host memory and every ComfyUI op in
+        them casts per use (``comfy_cast_weights``, ComfyUI's own low-VRAM path), so each weight is on the
+        device only while its layer runs: in forward, and again in backward's recomputation, where autograd
+        holds one block's copies until that block's backward is done (hence gradient checkpointing).
+        The modulation vector is cast per use by the Wan block itself."""
+        p = self.patcher
+        p.patch_model(device_to=p.offload_device)   # object patches and weight wrappers, nothing moved
+        dm = p.model.diffusion_model
+        for name, child in dm.named_children():
+            if name != "blocks":
+                child.to(device)
+        pin = device.type == "cuda"
+        for i, block in enumerate(dm.blocks):
+            if i not in self.swapped:
+                block.to(device)
+                continue
+            for _, mod in _cast_ops(block):
+                mod.comfy_cast_weights = True
+            if pin:
+                for prm in block.parameters():
+                    prm.data = _pin(prm.data)
+        for name, child in p.model.named_children():   # model_sampling and the like
+            if name != "diffusion_model":
+                child.to(device)
+        p.model.device = device
+        log.info("DreamShot: blocks %d..%d stay in host memory and are copied to %s per use (block swap)",
+                 self.swapped.start, self.swapped.stop - 1, device)
+
+    def resident_bytes(self) -> int:
+        """Bytes of DiT weights kept on the compute device (all of them but the swapped blocks)."""
+        from ..train.memory import tensor_bytes
+
+        dm = self.patcher.model.diffusion_model
+        host = {id(prm) for i in self.swapped for prm in dm.blocks[i].parameters()}
+        return tensor_bytes(prm for prm in dm.parameters() if id(prm) not in host)
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype the DiT computes in: ComfyUI's manual-cast dtype, else its weight dtype."""
+        base = self.patcher.model
+        return base.manual_cast_dtype or base.get_dtype()
+
     @property
     def device(self) -> torch.device:
+        if self.swapped:
+            return self.patcher.model.diffusion_model.head.head.weight.device
         return next(self.patcher.model.diffusion_model.parameters()).device
 
     def process_latent_in(self, latent: torch.Tensor) -> torch.Tensor:
