@@ -187,6 +187,11 @@ class Trainer:
         mode = mode or choose_mode(gen, self.ratios, self.feasible[index])
         sample = build_sample(seq, mode, gen, self.data.empty_text, c.data.max_shots, c.data.max_latent_frames,
                               c.data.text_min_length, c.data.caption_dropout, c.modes.s2s_keep_references)
+        return self.batch_from_sample(sample, gen)
+
+    def batch_from_sample(self, sample: Sample, generator: torch.Generator) -> Batch:
+        """Noise, sigma, denoise mask, story options and role map of a packed story, on the device."""
+        c, gen = self.cfg, generator
         dev = self.dist.device
         x0 = self.story_model.process_latent_in(sample.latent.to(dev))
         sigma = sample_sigmas(1, gen, c.train.timestep_sampling, self.shift, c.train.logit_mean, c.train.logit_std,
