@@ -77,7 +77,7 @@ def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.
             import bitsandbytes
         except ImportError:
             raise ConfigError("optimizer.name = \"adamw8bit\" needs the bitsandbytes package (pip install "
-                              "bitsandbytes; 0.49 or newer also runs on the CPU), or choose \"adamw\"") from None
+                              "bitsandbytes), or choose \"adamw\"") from None
         # 8-bit states for tensors of 4096+ elements (every LoRA matrix of 1.3B/14B); smaller ones keep fp32
         return bitsandbytes.optim.AdamW8bit(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps,
                                             weight_decay=o.weight_decay)
