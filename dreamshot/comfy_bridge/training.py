@@ -64,6 +64,69 @@ def load_dit(path: str, dtype: str = "bf16"):
     return m
 
 
+_SAFETENSORS_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64,
+                       "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "I64": torch.int64,
+                       "I32": torch.int32, "U8": torch.uint8}
+
+
+def load_dit_on_meta(path: str, dtype: str = "bf16"):
+    """``load_dit``'s model with no weights read: ComfyUI's own detection and classes (what
+    comfy.sd.load_diffusion_model_state_dict does up to loading the weights), built on the meta device
+    from the file's header. ``fill_sharded`` then gives every process only its FSDP shards, read from
+    the memory-mapped file: the page cache holds the file once per machine, however many processes."""
+    import comfy.model_detection
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.utils
+
+    from ..train.estimate import read_header
+    from .wan_patches import check_wan21_t2v
+
+    _need_file("model.dit", path)
+    header = read_header(path)
+    sd = {k: torch.empty(v["shape"], dtype=_SAFETENSORS_DTYPES[v["dtype"]], device="meta") for k, v in header.items()}
+    prefix = comfy.model_detection.unet_prefix_from_state_dict(sd)
+    file_prefix = prefix if any(k.startswith(prefix) for k in header) else ""
+    sd = comfy.utils.state_dict_prefix_replace(sd, {prefix: ""}, filter_keys=True) or sd
+    config = comfy.model_detection.model_config_from_unet(sd, "")
+    if config is None:
+        raise RuntimeError(f"model.dit {path!r}: ComfyUI does not recognise this diffusion model")
+    load_device = mm.get_torch_device()
+    config.set_inference_dtype(DTYPES[dtype], mm.unet_manual_cast(DTYPES[dtype], load_device,
+                                                                  config.supported_inference_dtypes))
+    model = config.get_model(sd, "", device=torch.device("meta"))
+    m = comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=mm.unet_offload_device())
+    m.dreamshot_weights = (str(path), file_prefix)   # where fill_sharded reads the weights
+    check_wan21_t2v(m)
+    return m
+
+
+def fill_sharded(dm: torch.nn.Module, path: str, prefix: str, mesh) -> int:
+    """Fill the FSDP-sharded (DTensor) parameters of ``dm``, allocated with ``to_empty``, from the
+    safetensors file: each process reads one tensor at a time through the memory map and keeps only its
+    shard. Returns the bytes kept."""
+    from safetensors import safe_open
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    kept = 0
+    with safe_open(path, framework="pt", device="cpu") as f, torch.no_grad():
+        names = set(f.keys())
+        for name, param in dm.named_parameters():
+            key = prefix + name if prefix + name in names else name
+            if key not in names:
+                raise RuntimeError(f"model.dit {path!r} has no tensor {key!r}")
+            full = f.get_tensor(key).to(param.dtype)
+            if isinstance(param, DTensor):
+                shard = distribute_tensor(full, mesh, param.placements, src_data_rank=None)
+                param.copy_(shard.to(param.device_mesh.device_type))
+                kept += param.to_local().nbytes
+            else:
+                param.copy_(full)
+                kept += param.nbytes
+            del full
+    return kept
+
+
 def load_vae(path: str):
     import comfy.sd
     import comfy.utils
@@ -264,6 +327,11 @@ class TrainableAdapters(torch.nn.Module):
         return [(n, p) for n, p in self.named_parameters() if p.requires_grad]
 
 
+def _real(device: torch.device) -> torch.device:
+    """Where trainable tensors start: the weights' device, or the CPU for a model still on meta."""
+    return torch.device("cpu") if device.type == "meta" else device
+
+
 def _comfy_ops_modules(block: torch.nn.Module):
     for name, mod in block.named_modules():
         if hasattr(mod, "weight_function") and getattr(mod, "weight", None) is not None:
@@ -291,7 +359,7 @@ def attach_trainable(m, rank: int, alpha: float, targets: Sequence[str], lora_bl
             name = f"diffusion_model.blocks.{i}.{target}"
             module = comfy.utils.get_attr(m.model, name)
             out_f, in_f = module.weight.shape
-            lora = LoRALayer(in_f, out_f, rank, alpha, dropout, generator=gen).to(module.weight.device)
+            lora = LoRALayer(in_f, out_f, rank, alpha, dropout, generator=gen).to(_real(module.weight.device))
             key = _module_key(name)
             adapters.loras[key] = lora
             adapters.lora_modules[key] = name
@@ -308,7 +376,7 @@ def attach_trainable(m, rank: int, alpha: float, targets: Sequence[str], lora_bl
                 t = getattr(mod, attr, None)
                 if t is None:
                     continue
-                delta = torch.nn.Parameter(torch.zeros(t.shape, dtype=torch.float32, device=t.device))
+                delta = torch.nn.Parameter(torch.zeros(t.shape, dtype=torch.float32, device=_real(t.device)))
                 key = _module_key(base + suffix)
                 adapters.deltas[key] = delta
                 adapters.delta_keys[key] = base + suffix
@@ -439,11 +507,24 @@ class StoryModel:
         else:
             from torch.distributed.fsdp import fully_shard
 
-            self.patcher.patch_model(device_to=self.patcher.offload_device)
+            on_meta = self.patcher.model.diffusion_model.patch_embedding.weight.is_meta
+            # object patches and weight wrappers; with the model on meta nothing is moved (device None)
+            self.patcher.patch_model(device_to=None if on_meta else self.patcher.offload_device)
             dm = self.patcher.model.diffusion_model
             for block in dm.blocks:
                 fully_shard(block, mesh=fsdp_mesh)
             fully_shard(dm, mesh=fsdp_mesh)
+            if on_meta:
+                target = torch.device(fsdp_mesh.device_type, torch.cuda.current_device()) \
+                    if fsdp_mesh.device_type == "cuda" else torch.device(fsdp_mesh.device_type)
+                dm.to_empty(device=target)
+                for name, child in self.patcher.model.named_children():
+                    if name != "diffusion_model":
+                        child.to(target)
+                path, prefix = self.patcher.dreamshot_weights
+                kept = fill_sharded(dm, path, prefix, fsdp_mesh)
+                log.info("DreamShot: built the DiT on the meta device and read this process's shards (%.2f GiB) "
+                         "from the memory-mapped %s", kept / 2 ** 30, Path(path).name)
             log.info("DreamShot: FSDP sharded the DiT's %d blocks over %d processes", len(dm.blocks),
                      fsdp_mesh.size())
         dev = device or self.device

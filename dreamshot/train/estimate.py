@@ -87,15 +87,19 @@ class WanDims:
 WAN21 = {"1.3B": WanDims(1536, 8960, 30), "14B": WanDims(5120, 13824, 40)}
 
 
-def dims_from_file(path: str | Path) -> WanDims:
-    """Model sizes from a Wan2.1 .safetensors header (nothing else is read)."""
+def read_header(path: str | Path) -> dict[str, dict]:
+    """{tensor name: {"dtype", "shape", ...}} of a .safetensors file (its JSON header; no tensor is read)."""
     with open(path, "rb") as f:
         n = struct.unpack("<Q", f.read(8))[0]
         header = json.loads(f.read(n))
-    shapes = {}
-    for key, info in header.items():
-        if key != "__metadata__":
-            shapes[key.removeprefix("model.diffusion_model.").removeprefix("diffusion_model.")] = info["shape"]
+    header.pop("__metadata__", None)
+    return header
+
+
+def dims_from_file(path: str | Path) -> WanDims:
+    """Model sizes from a Wan2.1 .safetensors header (nothing else is read)."""
+    shapes = {key.removeprefix("model.diffusion_model.").removeprefix("diffusion_model."): info["shape"]
+              for key, info in read_header(path).items()}
     try:
         dim, in_dim = shapes["patch_embedding.weight"][:2]
         ffn = shapes["blocks.0.ffn.0.weight"][0]

@@ -104,7 +104,10 @@ class Trainer:
         from ..comfy_bridge import training as bridge
 
         c = self.cfg
-        base = bridge.load_dit(c.model.dit, c.model.dtype)
+        fsdp = c.distributed.strategy == "fsdp" and self.dist.enabled
+        # FSDP: every process builds the model on meta and reads only its shards from the mapped file,
+        # so the node's host memory holds the weights once (the page cache), not once per process
+        base = (bridge.load_dit_on_meta if fsdp else bridge.load_dit)(c.model.dit, c.model.dtype)
         n_blocks = len(base.model.diffusion_model.blocks)
         racl_layers = c.racl_layers()
         if racl_layers and max(racl_layers) >= n_blocks:
@@ -123,7 +126,6 @@ class Trainer:
                                              offload_activations=c.train.offload_activations,
                                              blocks_to_swap=c.train.blocks_to_swap,
                                              racl_budget_bytes=c.racl.budget_bytes)
-        fsdp = c.distributed.strategy == "fsdp" and self.dist.enabled
         if c.distributed.strategy == "fsdp" and not self.dist.enabled:
             log.info("DreamShot: distributed.strategy = fsdp with one process: nothing to shard, running plainly")
         self.story_model.load(self.dist.device, fsdp_mesh(self.dist) if fsdp else None)
