@@ -96,7 +96,7 @@ def load_dit_on_meta(path: str, dtype: str = "bf16"):
                                                                   config.supported_inference_dtypes))
     model = config.get_model(sd, "", device=torch.device("meta"))
     m = comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=mm.unet_offload_device())
-    m.dreamshot_weights = (str(path), file_prefix)   # where fill_sharded reads the weights
+    m.model.dreamshot_weights = (str(path), file_prefix)   # where fill_sharded reads them (clones share it)
     check_wan21_t2v(m)
     return m
 
@@ -521,7 +521,7 @@ class StoryModel:
                 for name, child in self.patcher.model.named_children():
                     if name != "diffusion_model":
                         child.to(target)
-                path, prefix = self.patcher.dreamshot_weights
+                path, prefix = self.patcher.model.dreamshot_weights
                 kept = fill_sharded(dm, path, prefix, fsdp_mesh)
                 log.info("DreamShot: built the DiT on the meta device and read this process's shards (%.2f GiB) "
                          "from the memory-mapped %s", kept / 2 ** 30, Path(path).name)
