@@ -395,6 +395,15 @@ class RACLCollector:
         self.config = config          # dreamshot.role_attention.RACLConfig
         # racl.budget_bytes: passed on only when set, so 0 keeps role_attention's own default
         self.options = {"budget_bytes": int(budget_bytes)} if budget_bytes else {}
+        if budget_bytes:
+            import inspect
+
+            from ..role_attention import racl_loss
+            from ..train.config import ConfigError
+
+            if "budget_bytes" not in inspect.signature(racl_loss).parameters:
+                raise ConfigError("racl.budget_bytes: this version's role_attention.racl_loss has no byte budget "
+                                 "(it chunks by rows); leave racl.budget_bytes = 0")
         self.role_map = None
         self.armed = False
         self.losses: list[torch.Tensor] = []
@@ -495,8 +504,9 @@ class StoryModel:
 
     def load(self, device: torch.device | None = None, fsdp_mesh=None) -> None:
         """Apply the patches and put the model on its device (ComfyUI's load_models_gpu); with swapped
-        blocks, apply them in host memory and move all but those blocks; with an FSDP mesh, apply them
-        on the offload device and shard every block (FSDP2, frozen weights)."""
+        blocks, apply them in host memory and move all but those blocks; with an FSDP mesh, shard every
+        block (FSDP2, frozen weights): a model built by ``load_dit_on_meta`` is then filled shard by shard
+        from its file, a loaded one is patched on the offload device first."""
         import comfy.model_management
 
         self.patcher.model.requires_grad_(False)
