@@ -40,7 +40,7 @@ def measure_step(trainer, batch) -> dict[str, int]:
         loss.backward()
         trainer.optimizer.step()
         trainer.optimizer.zero_grad(set_to_none=True)
-        state = ledger.live - (0 if loss is None else 0)
-    del loss
+        del loss
+        state = ledger.live
     return {"resident": resident, "after_forward": after_forward, "peak": ledger.peak, "state": state,
             "loss": parts["fm"]}
