@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..train.atomic import atomic_write_json, atomic_write_text
+from ..atomic import atomic_write_json, atomic_write_text
 from . import dataset as ds
 from .report import Tally, chance_accuracy, markdown_table, score_story
 
@@ -200,7 +200,7 @@ def sample_condition(model, vae, encode, spec: ds.StorySpec, s: ProofSettings, m
 def _contact_sheet(path: Path, rows: list[list[np.ndarray]]) -> None:
     from PIL import Image
 
-    from ..train.atomic import atomic_write
+    from ..atomic import atomic_write
 
     h, w = rows[0][0].shape[:2]
     sheet = np.full((len(rows) * (h + 2), max(len(r) for r in rows) * (w + 2), 3), 255, np.uint8)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..comfy_bridge.random_wan import fill_random, random_wan_dit
-from ..train.atomic import atomic_save_safetensors
+from ..atomic import atomic_save_safetensors
 from .dataset import ROLES, SLOTS
 
 TINY_UMT5_CONFIG = {"d_model": 4096, "num_layers": 24, "num_heads": 1, "d_kv": 16, "d_ff": 16, "vocab_size": 512}

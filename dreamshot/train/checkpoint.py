@@ -30,7 +30,7 @@ from typing import Callable
 
 import torch
 
-from .atomic import atomic_save_safetensors, atomic_write_json, atomic_write_text, fsync_dir
+from ..atomic import atomic_save_safetensors, atomic_write_json, atomic_write_text, fsync_dir
 
 log = logging.getLogger("DreamShot")
 

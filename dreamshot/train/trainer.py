@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from ..role_attention import RACLConfig, build_role_map
-from .atomic import atomic_save_safetensors, atomic_write_json, atomic_write_text
+from ..atomic import atomic_save_safetensors, atomic_write_json, atomic_write_text
 from .cache import CacheReader, Sample, build_sample, feasible_modes
 from .checkpoint import CheckpointManager, resolve_resume, set_rng_state
 from .config import ConfigError, TrainConfig, dump_toml
