@@ -68,15 +68,22 @@ def cpu_peak_bytes(fn) -> int:
 
 def peak_bytes(fn, device: torch.device) -> int:
     """Peak bytes allocated during ``fn()`` beyond those allocated before it."""
+    return _peaks(fn, device)[0]
+
+
+def _peaks(fn, device: torch.device) -> tuple[int, int]:
+    """(peak above the start, the allocator's own peak: torch.cuda.max_memory_allocated on a GPU)."""
     if device.type != "cuda":
-        return cpu_peak_bytes(fn)
+        peak = cpu_peak_bytes(fn)
+        return peak, peak
     torch.cuda.synchronize()
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
     fn()
     torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated() - base
+    total = torch.cuda.max_memory_allocated()
+    return total - base, total
 
 
 def sdpa_kernels(fn) -> list[str]:
@@ -163,8 +170,9 @@ def _to_meta(x):
 @dataclass
 class Measurement:
     seconds: float
-    peak_bytes: int
+    peak_bytes: int           # above what was allocated before the call
     kernels: list[str] = field(default_factory=list)
+    total_bytes: int = 0      # GPU: torch.cuda.max_memory_allocated itself (weights included); CPU: peak_bytes
 
 
 def measure(fn, device: torch.device, repeats: int = 3, warmup: int = 1, kernels: bool = False) -> Measurement:
@@ -182,12 +190,14 @@ def measure(fn, device: torch.device, repeats: int = 3, warmup: int = 1, kernels
             torch.cuda.synchronize()
         best = min(best, time.perf_counter() - t)
     if device.type == "cuda":
-        return Measurement(best, peak_bytes(fn, device), sdpa_kernels(fn) if kernels else [])
+        peak, total = _peaks(fn, device)
+        return Measurement(best, peak, sdpa_kernels(fn) if kernels else [], total)
     m = profile_cpu(fn)
-    return Measurement(best, m.peak_bytes, m.kernels if kernels else [])
+    return Measurement(best, m.peak_bytes, m.kernels if kernels else [], m.peak_bytes)
 
 
 def profile_cpu(fn) -> Measurement:
     """Peak CPU memory and SDPA kernels of one call of ``fn`` (one profiled call gives both); no time."""
     events = _profile(fn, memory=True)
-    return Measurement(math.nan, _cpu_peak(events), _kernels(events))
+    peak = _cpu_peak(events)
+    return Measurement(math.nan, peak, _kernels(events), peak)
