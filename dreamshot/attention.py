@@ -44,6 +44,9 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int
     b, lq, inner = q.shape
     d = inner // heads
     qh, kh, vh = (t.reshape(b, -1, heads, d).transpose(1, 2) for t in (q, k, v))
+    # [B, 1, 1, Lk]: CUDA's efficient kernel and the CPU flash kernel read it broadcast (the former
+    # pads a copy of this small tensor to a multiple of 8 keys); only the math fallback would
+    # materialise [B, H, Lq, Lk] (python -m dreamshot.bench --gpu prints the kernel each op got).
     mask = None if key_bias is None else key_bias.to(q.dtype)[:, None, None, :]
     out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask)
     return out.transpose(1, 2).reshape(b, lq, inner)

@@ -159,7 +159,7 @@ class _CharacterMass(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, query_idx, key_idx, cmat, heads, scale, budget):
         b, _, inner = q.shape
-        d, dev, chars = inner // heads, q.device, cmat.shape[1]
+        dev, chars = q.device, cmat.shape[1]
         rc, kc = _mass_block_shape(q, heads, len(query_idx), len(key_idx), chars, budget)
         mass = torch.empty(b, heads, len(query_idx), chars, dtype=torch.float32, device=dev)
         lse = torch.empty(b, heads, len(query_idx), dtype=torch.float32, device=dev)
