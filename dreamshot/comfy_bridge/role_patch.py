@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from ..errors import DreamShotInputError
 from ..role_attention import auto_regions, build_role_map, role_masked_self_attention, sigma_in_range
+from ..scene_roles import location_backgrounds
 
 log = logging.getLogger("DreamShot")
 
@@ -83,7 +84,9 @@ def install(m, sequence, config: RoleAttentionConfig, hooks_key: str) -> None:
         raise DreamShotInputError("layers", f"the model has blocks 0..{len(blocks) - 1}, got {list(layers)}.",
                                   "use smaller block numbers.", node="RACL Attention Patch")
     role_map = build_role_map(layout, plan.ref_masks, plan.shot_regions)
-    groups_base = role_map.group_of_query()
+    # A location is a role of its own; its shots' background tokens read its reference (scene_roles).
+    groups_base = location_backgrounds(role_map.group_of_query(), role_map.shot_spans, plan.shot_characters,
+                                       [c.kind for c in plan.characters], plan.shot_regions)
     unregioned = role_map.unregioned_shot_tokens() if config.auto_regions else groups_base.new_zeros(0)
     ref_tokens = role_map.ref_hard_tokens
     ms = m.get_model_object("model_sampling")
