@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from support.build_workflows import (CHARACTER_A, CHARACTER_B, DISTILL_LORA, DIT, DIT_14B, FIRST_SHOT, RL_LORA, SFT_LORA,
-                                     STORY, TEXT_ENCODER, VAE, WORKFLOWS_BUILT)
+from support.build_workflows import (DISTILL_LORA, DIT, DIT_14B, INPUT_IMAGES, RL_LORA, SFT_LORA, STORY, TEXT_ENCODER,
+                                     VAE, WORKFLOWS_BUILT)
 from support.official_loras import distill_lora, released_lora
 from support.server import ComfyServer, PromptFailed, PromptRejected, make_base_dir
 from support.workflow_api import ui_to_api
@@ -33,7 +33,7 @@ WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
 def server(tmp_path_factory, tiny_models_dir, comfy_root):
     base = tmp_path_factory.mktemp("comfy_base")
     inputs = {}
-    for i, name in enumerate((CHARACTER_A, CHARACTER_B, FIRST_SHOT)):
+    for i, name in enumerate(INPUT_IMAGES):
         path = base / f"src_{name}"
         rng = np.random.default_rng(i)
         Image.fromarray(rng.integers(0, 255, (96, 80, 3), dtype=np.uint8)).save(path)
