@@ -84,14 +84,15 @@ def install(m, sequence, config: RoleAttentionConfig, hooks_key: str) -> None:
         raise DreamShotInputError("layers", f"the model has blocks 0..{len(blocks) - 1}, got {list(layers)}.",
                                   "use smaller block numbers.", node="RACL Attention Patch")
     role_map = build_role_map(layout, plan.ref_masks, plan.shot_regions)
-    # A location is a role of its own; its shots' background tokens read its reference (scene_roles).
-    groups_base = location_backgrounds(role_map.group_of_query(), role_map.shot_spans, plan.shot_characters,
-                                       [c.kind for c in plan.characters], plan.shot_regions)
+    groups_base = role_map.group_of_query()
     unregioned = role_map.unregioned_shot_tokens() if config.auto_regions else groups_base.new_zeros(0)
     ref_tokens = role_map.ref_hard_tokens
     ms = m.get_model_object("model_sampling")
     sigma_start = float(ms.percent_to_sigma(config.start_percent))
     sigma_end = float(ms.percent_to_sigma(config.end_percent))
+    # A location is a role of its own: its shots' background tokens read its reference (scene_roles).
+    groups_base = location_backgrounds(groups_base, role_map.shot_spans, plan.shot_characters,
+                                       [c.kind for c in plan.characters], plan.shot_regions)
     active_layers = frozenset(layers)
 
     def hook(func, q, k, v, heads=None, transformer_options=None, **kwargs):
