@@ -210,3 +210,20 @@ def test_sheet_lays_variants_out_as_rows():
         render_sheet(images, style=style, variants=4)
     with pytest.raises(DreamShotInputError, match="2 captions for 3 shots"):
         render_sheet(images, ["a", "b"], style=style, variants=2)
+
+
+def test_benchmark_characters_take_a_kind(tmp_path):
+    import json
+
+    from dreamshot.eval.benchmark import read_benchmark
+
+    bench = {"stories": [{"id": "01", "characters": {
+        "mira": {"reference": "m.png"}, "pier": {"reference": "p.png", "kind": "location"}},
+        "shots": [{"prompt": "Mira on the pier", "characters": ["mira", "pier"]}]}]}
+    (tmp_path / "b.json").write_text(json.dumps(bench))
+    read = read_benchmark(tmp_path / "b.json", check_files=False)
+    assert [c.kind for c in read.stories[0].characters] == ["character", "location"]
+    bench["stories"][0]["characters"]["pier"]["kind"] = "castle"
+    (tmp_path / "b.json").write_text(json.dumps(bench))
+    with pytest.raises(DreamShotInputError, match=r"stories\[0\].characters.pier.kind: expected one of"):
+        read_benchmark(tmp_path / "b.json", check_files=False)
