@@ -3,7 +3,8 @@
 DreamShot wants 1 = character. ComfyUI gives both: Load Image's MASK is 1 - alpha, so a cut-out PNG
 (transparent background) gives 1 on the background, while a mask painted in the mask editor gives 1
 on what was painted. ``auto`` tells them apart by the border: a character rarely covers most of the
-image's outer edge, a cut-out's background nearly always does.
+image's outer edge, a cut-out's background nearly always does; an all-zero mask (Load Image's MASK of
+an image without transparency) is read the Load Image way too, so the whole reference counts.
 """
 
 from __future__ import annotations
@@ -29,5 +30,7 @@ def character_mask(mask: torch.Tensor, meaning: str = "auto") -> tuple[torch.Ten
     """(mask with 1 = character, whether it was inverted) for a mask read as ``meaning``."""
     if meaning not in MASK_MEANINGS:
         raise ValueError(f"unknown mask meaning {meaning!r}; use one of {MASK_MEANINGS}")
-    invert = meaning == "1 = background" or (meaning == "auto" and border_share(mask) > AUTO_BORDER_SHARE)
+    # auto: an all-zero mask is Load Image's MASK of an opaque image (nothing transparent), i.e. all character.
+    invert = meaning == "1 = background" or (meaning == "auto" and (border_share(mask) > AUTO_BORDER_SHARE
+                                                                    or not bool(mask.any())))
     return (1.0 - mask.float() if invert else mask), invert

@@ -50,7 +50,8 @@ class CharacterReference(io.ComfyNode):
                                        "location's shots give it their background), face metrics skip it."),
                 io.Combo.Input("mask_meaning", options=list(MASK_MEANINGS), default=MASK_MEANINGS[0], optional=True,
                                tooltip="What 1 means in 'mask'. auto: 1 = background when the mask covers most of "
-                                       "the image border (Load Image's MASK of a cut-out), else 1 = character. "
+                                       "the image border (Load Image's MASK of a cut-out) or is all 0 (an image "
+                                       "without transparency: the whole reference counts), else 1 = character. "
                                        "Or say it: '1 = character' / '1 = background'."),
             ],
             outputs=[Characters.Output(display_name="characters")],

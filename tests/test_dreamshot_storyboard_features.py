@@ -129,6 +129,7 @@ def test_mask_meaning_auto_tells_a_cut_out_from_a_painted_mask():
     for mask in (painted, cut_out):
         fixed, _ = character_mask(mask, "auto")
         assert torch.equal(fixed, painted)
+    assert torch.equal(character_mask(torch.zeros(1, 32, 32), "auto")[0], torch.ones(1, 32, 32))   # opaque image
     assert torch.equal(character_mask(painted, "1 = background")[0], cut_out)
     assert torch.equal(character_mask(cut_out, "1 = character")[0], cut_out)
 
