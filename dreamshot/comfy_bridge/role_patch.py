@@ -15,6 +15,7 @@ import torch
 
 from ..errors import DreamShotInputError
 from ..role_attention import auto_regions, build_role_map, role_masked_self_attention, sigma_in_range
+from ..scene_roles import location_backgrounds
 
 log = logging.getLogger("DreamShot")
 
@@ -113,6 +114,9 @@ def install(m, sequence, config: RoleAttentionConfig, hooks_key: str) -> None:
     ms = m.get_model_object("model_sampling")
     sigma_start = float(ms.percent_to_sigma(config.start_percent))
     sigma_end = float(ms.percent_to_sigma(config.end_percent))
+    # A location is a role of its own: its shots' background tokens read its reference (scene_roles).
+    groups_base = location_backgrounds(groups_base, role_map.shot_spans, plan.shot_characters,
+                                       [c.kind for c in plan.characters], plan.shot_regions)
     active_layers = frozenset(layers)
     positive_regions: dict = {}   # block -> (sigma, groups) of the last call holding positive rows
 
