@@ -301,12 +301,15 @@ def test_patch_and_auto_regions_never_allocate_n_by_n():
     refs = [torch.arange(0, p), torch.arange(p, 2 * p)]
     groups = torch.full((n,), -1)
     groups[2 * p:] = torch.arange(n - 2 * p) % 3  # background, A, B interleaved
-    with _LargestTensor() as rec:
+    budget = 2 ** 24  # bytes: 4.2M float32, 1/24 of N x N
+    with _LargestTensor() as masked:
         out = role_masked_self_attention(q, k, v, 2, groups, refs, 0.8)
-        auto = auto_regions(q, k, 2, [torch.arange(2 * p, n)], [(0, 1)], refs, min_mass=0.05, budget_bytes=2 ** 24)
+    with _LargestTensor() as regions:
+        auto = auto_regions(q, k, 2, [torch.arange(2 * p, n)], [(0, 1)], refs, min_mass=0.05, budget_bytes=budget)
     assert out.shape == q.shape and torch.isfinite(out).all()
     assert auto[0].shape == (n - 2 * p,)
-    assert rec.largest < n * n // 25  # N x N would be 1e8
+    assert masked.largest < n * n // 25  # N x N would be 1e8
+    assert regions.largest * 4 <= budget  # auto regions' logits stay within the byte budget given
 
 
 def test_auto_regions_pick_the_most_attended_reference_of_the_shots_cast():
