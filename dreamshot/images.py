@@ -8,30 +8,46 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .errors import DreamShotInputError
 
 FIT_METHODS = ("pad_white", "crop", "stretch", "error")
 
 
-def load_image(path: str | Path) -> torch.Tensor:
-    """An image file -> [H, W, 3] float in 0..1 (alpha composited on white, as references are padded
-    with white)."""
-    with Image.open(path) as im:
-        im.load()
-        if im.mode in ("RGBA", "LA", "P"):
-            im = im.convert("RGBA")
-            white = Image.new("RGBA", im.size, (255, 255, 255, 255))
-            im = Image.alpha_composite(white, im)
-        rgb = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+def _read_rgb(path: str | Path, background: int, input_name: str) -> torch.Tensor:
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)  # upright, as ComfyUI's Load Image shows it
+            if im.mode.startswith("I"):  # 16/32-bit greyscale: ComfyUI's Load Image scaling
+                im = im.point(lambda v: v * (1 / 255)).convert("L")
+            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+                im = im.convert("RGBA")
+                under = Image.new("RGBA", im.size, (background,) * 3 + (255,))
+                im = Image.alpha_composite(under, im)
+            rgb = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise DreamShotInputError(input_name, f"cannot read the image '{path}' ({e}).",
+                                  "replace the file with a readable PNG, JPEG or WebP.") from e
     return torch.from_numpy(rgb.copy())
 
 
-def load_mask(path: str | Path) -> torch.Tensor:
-    """A mask file (white = inside) -> [H, W] float in 0..1, read by ``load_image``: a greyscale file
-    exactly, a coloured one as the mean of its channels."""
-    rgb = load_image(path)
+def load_image(path: str | Path, input_name: str = "image") -> torch.Tensor:
+    """An image file -> [H, W, 3] float in 0..1: the one image reader of every headless tool (train,
+    data, eval, vistory, generate, story files).
+
+    EXIF orientation applied; 16-bit greyscale scaled as ComfyUI's Load Image does; transparency
+    composited on white, as the official DreamShot code pads references with white (ComfyUI's Load
+    Image instead drops alpha to RGB and gives it as a MASK: see docs/storyboard-features.md, mask
+    meaning). An unreadable file is a DreamShotInputError naming ``input_name``.
+    """
+    return _read_rgb(path, 255, input_name)
+
+
+def load_mask(path: str | Path, input_name: str = "mask") -> torch.Tensor:
+    """A mask file (white = inside) -> [H, W] float in 0..1: a greyscale file exactly, a coloured one as
+    the mean of its channels. Transparent pixels are outside (composited on black, not white)."""
+    rgb = _read_rgb(path, 0, input_name)
     grey = rgb[..., 0]
     return grey if torch.equal(grey, rgb[..., 1]) and torch.equal(grey, rgb[..., 2]) else rgb.mean(dim=-1)
 

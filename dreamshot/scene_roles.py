@@ -1,6 +1,6 @@
 """References that are not people (a location or a prop) in role attention.
 
-A scene reference is a role of its own in the role map (dreamshot.role_attention.build_role_map
+A scene reference is a role of its own in the role map (dreamshot.roles.build_role_map
 numbers references by cast index whatever their kind): inside a character's region, its reference
 is forbidden like another character's; a prop with a box (or mask) gets its region like a character;
 auto regions may give a token to it. One thing differs: in a shot with regions, the tokens outside
@@ -15,7 +15,7 @@ from typing import Sequence
 
 import torch
 
-from .role_attention import BACKGROUND
+from .roles import BACKGROUND
 
 PERSON = "character"
 
@@ -34,7 +34,7 @@ def shot_location(cast: Sequence[int], kinds: Sequence[str], with_region: Sequen
 def location_backgrounds(groups: torch.Tensor, shot_spans: Sequence[tuple[int, int]],
                          shot_casts: Sequence[Sequence[int]], kinds: Sequence[str],
                          shot_regions: Sequence[dict] | None = None) -> torch.Tensor:
-    """``groups`` [N] (role_attention group ids) with each shot's background tokens given to the
+    """``groups`` [N] (dreamshot.roles group ids) with each shot's background tokens given to the
     shot's location (group c+1), where it lists exactly one location that has no region of its own.
     Shots without regions (all -1) are left alone. Returns a new tensor when anything changes."""
     out = groups

@@ -418,9 +418,9 @@ def _parse(path: Path, confine: Path | None):
 
 def _read(chk: FieldChecker, field: str, rel: str, mask: bool = False) -> torch.Tensor | None:
     try:
-        return (load_mask if mask else load_image)(chk.root / rel)
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        chk.bad(field, f"cannot read the image {rel!r} ({e})")
+        return (load_mask if mask else load_image)(chk.root / rel, field)
+    except DreamShotInputError as e:
+        chk.bad(field, e.problem.rstrip("."))
         return None
 
 

@@ -10,7 +10,7 @@ from dreamshot.attention_stats import MIN_TEMP_BUDGET, character_mass, key_set_l
 from dreamshot.bench.measure import cpu_peak_bytes, sdpa_kernels
 from dreamshot.bench.ops_bench import MODEL_SIZES, bench_ops
 from dreamshot.layout import StoryLayout
-from dreamshot.role_attention import auto_regions, build_role_map, racl_loss
+from dreamshot.roles import auto_regions, build_role_map, racl_loss
 
 MiB = 2 ** 20
 

@@ -12,7 +12,7 @@ from dreamshot.eval.storyboard import StoryToMeasure, measure_story, people_only
 from dreamshot.layout import StoryLayout
 from dreamshot.mask_meaning import border_share, character_mask
 from dreamshot.preview import grid_shape, shot_grid
-from dreamshot.role_attention import BACKGROUND, UNCONSTRAINED, build_role_map
+from dreamshot.roles import BACKGROUND, UNCONSTRAINED, build_role_map
 from dreamshot.scene_roles import location_backgrounds
 from dreamshot.seeds import MAX_SEED, derived_shot_seed, shot_seeds, story_noise, variant_seed
 from dreamshot.sheet import SheetStyle, render_sheet

@@ -11,7 +11,6 @@ NVIDIA (on a CPU it would pick sub-quadratic attention).
 from __future__ import annotations
 
 import gc
-import inspect
 from pathlib import Path
 
 import pytest
@@ -317,17 +316,8 @@ def test_resume_with_every_option_on(data, tmp_path):
 
 
 def test_racl_budget_reaches_racl_and_keeps_the_loss(data, tmp_path):
-    """racl.budget_bytes goes to role_attention.racl_loss; a tiny budget (many blocks) gives the same loss."""
-    from dreamshot.role_attention import racl_loss
-
+    """racl.budget_bytes goes to roles.racl_loss; a tiny budget (many blocks) gives the same loss."""
     common = {"train": {"steps": 2}, "checkpoint": {"every": 0}, "racl": {"lambda": 1.0}}
-    if "budget_bytes" not in inspect.signature(racl_loss).parameters:
-        from dreamshot.train.config import ConfigError
-
-        with pytest.raises(ConfigError, match="racl.budget_bytes: this version"):
-            _losses(data, tmp_path / "c", 2, **{**common, "racl": {"lambda": 1.0, "budget_bytes": 2048}})
-        pytest.skip("refused as it should; this role_attention.racl_loss takes no budget_bytes yet (it arrives "
-                    "with the budgeted RACL)")
     base = _losses(data, tmp_path / "a", 2, **common)
     tight = _losses(data, tmp_path / "b", 2, **{**common, "racl": {"lambda": 1.0, "budget_bytes": 2048}})
     for step in base:

@@ -7,7 +7,7 @@ import torch
 
 from ..attention import per_shot_cross_attention, sdpa_attention
 from ..layout import StoryLayout
-from ..role_attention import role_masked_self_attention
+from ..roles import role_masked_self_attention
 from .measure import measure
 
 

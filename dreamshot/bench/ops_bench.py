@@ -20,7 +20,7 @@ import torch
 from ..attention import per_shot_cross_attention, sdpa_attention
 from ..guidance import self_attention_without_refs
 from ..layout import PIXEL_MULTIPLE, StoryLayout
-from ..role_attention import auto_regions, build_role_map, racl_loss, role_masked_self_attention
+from ..roles import auto_regions, build_role_map, racl_loss, role_masked_self_attention
 from .measure import Measurement, ShapeOnly, measure, peak_bytes, profile_cpu, sdpa_kernels
 
 

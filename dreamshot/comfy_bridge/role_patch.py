@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import DreamShotInputError
-from ..role_attention import auto_regions, build_role_map, role_masked_self_attention, sigma_in_range
+from ..roles import auto_regions, build_role_map, role_masked_self_attention, sigma_in_range
 from ..scene_roles import location_backgrounds
 
 log = logging.getLogger("DreamShot")

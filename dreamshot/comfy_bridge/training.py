@@ -392,18 +392,9 @@ class RACLCollector:
     """Self-attention hook: RACL on the chosen blocks' q/k, then the normal attention."""
 
     def __init__(self, config, budget_bytes: int = 0):
-        self.config = config          # dreamshot.role_attention.RACLConfig
-        # racl.budget_bytes: passed on only when set, so 0 keeps role_attention's own default
+        self.config = config          # dreamshot.roles.RACLConfig
+        # racl.budget_bytes: passed on only when set, so 0 keeps dreamshot.roles' own default
         self.options = {"budget_bytes": int(budget_bytes)} if budget_bytes else {}
-        if budget_bytes:
-            import inspect
-
-            from ..role_attention import racl_loss
-            from ..train.config import ConfigError
-
-            if "budget_bytes" not in inspect.signature(racl_loss).parameters:
-                raise ConfigError("racl.budget_bytes: this version's role_attention.racl_loss has no byte budget "
-                                 "(it chunks by rows); leave racl.budget_bytes = 0")
         self.role_map = None
         self.armed = False
         self.losses: list[torch.Tensor] = []
@@ -419,7 +410,7 @@ class RACLCollector:
         return self.config.total(self.losses)
 
     def __call__(self, func, q, k, v, heads=None, transformer_options=None, **kwargs):
-        from ..role_attention import racl_loss
+        from ..roles import racl_loss
         from .role_patch import BLOCK_KEY
 
         block = (transformer_options or {}).get(BLOCK_KEY)

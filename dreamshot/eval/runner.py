@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-from PIL import Image
+from ..images import load_image
 
 from ..errors import DreamShotInputError
 from ..faces import FaceAnalyzer
@@ -98,12 +98,8 @@ def direct_run(folder) -> Run:
 
 
 def load_rgb(path: Path, input_name: str = "outputs") -> np.ndarray:
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
-    except (OSError, ValueError) as e:
-        raise DreamShotInputError(input_name, f"cannot read the image '{path}' ({e}).",
-                                  "replace or remove the broken file.") from e
+    """``images.load_image`` (the one image reader) as [H, W, 3] uint8, as the metrics take it."""
+    return (load_image(path, input_name).numpy() * 255.0).round().astype(np.uint8)
 
 
 def shot_files(story_dir: Path, num_shots: int, numbering: int = 1) -> list[Path | None]:

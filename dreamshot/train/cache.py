@@ -38,12 +38,12 @@ from pathlib import Path
 import torch
 
 from ..attention import NO_TEXT, pad_segments
-from ..images import fit_image, fit_mask
+from ..images import fit_image, fit_mask, load_image, load_mask
 from ..layout import PIXEL_MULTIPLE, StoryLayout
-from ..role_attention import pixel_mask_to_tokens
+from ..roles import pixel_mask_to_tokens
 from ..atomic import atomic_save_safetensors, atomic_write_json
 from .config import TrainConfig
-from .dataset import SequenceEntry, file_digest, load_image, load_mask, read_manifest
+from .dataset import SequenceEntry, file_digest, read_manifest
 
 log = logging.getLogger("DreamShot")
 
@@ -97,12 +97,12 @@ def encode_sequence(seq: SequenceEntry, root: Path, vae, encode_text, cfg: Train
     d = cfg.data
     dt = _DTYPES[d.cache_dtype]
     shots = seq.shots[:d.max_shots]
-    shot_imgs = [fit_image(load_image(root / s.image), d.width, d.height, d.shot_fit, f"{seq.id}: {s.image}")
+    shot_imgs = [fit_image(load_image(root / s.image, f"{seq.id}: {s.image}"), d.width, d.height, d.shot_fit, f"{seq.id}: {s.image}")
                  for s in shots]
     ref_imgs, ref_chars, ref_masks = [], [], []
     for ci, c in enumerate(seq.characters):
         for ref, mask in zip(c.references, c.masks):
-            ref_imgs.append(fit_image(load_image(root / ref), d.width, d.height, d.reference_fit, f"{seq.id}: {ref}"))
+            ref_imgs.append(fit_image(load_image(root / ref, f"{seq.id}: {ref}"), d.width, d.height, d.reference_fit, f"{seq.id}: {ref}"))
             ref_chars.append(ci)
             ref_masks.append(None if mask is None else _token_mask(load_mask(root / mask), cfg, d.reference_fit))
     layout = StoryLayout(num_refs=len(ref_imgs), num_shots=len(shots), width=d.width, height=d.height,

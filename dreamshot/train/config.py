@@ -108,7 +108,7 @@ class RACLSection:
     layers: Any = "all"              # "all" or a list of block indices
     kind: str = "mass"               # mass | log
     eps: float = 1e-6
-    # Bytes RACL's blockwise temporaries may take per attention layer (0 = role_attention's default,
+    # Bytes RACL's blockwise temporaries may take per attention layer (0 = the roles package default,
     # half of the layer's q). Smaller = more, smaller blocks; the loss is the same.
     budget_bytes: int = 0
 

@@ -63,7 +63,6 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 
 from ..field_checks import FieldChecker
 
@@ -284,25 +283,3 @@ def file_digest(root: Path, rel_paths: list[str]) -> str:
     return h.hexdigest()
 
 
-# -- loading images ------------------------------------------------------------------------------
-def load_image(path: Path) -> torch.Tensor:
-    """An image file -> [H, W, 3] float in 0..1 (alpha dropped, palette/greyscale converted)."""
-    import numpy as np
-    from PIL import Image, ImageOps
-
-    with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im)
-        if im.mode == "I":
-            im = im.point(lambda v: v * (1 / 255))
-        arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
-    return torch.from_numpy(arr.copy())
-
-
-def load_mask(path: Path) -> torch.Tensor:
-    """A mask file -> [H, W] float in 0..1 (white = inside; RGB is converted to luminance)."""
-    import numpy as np
-    from PIL import Image
-
-    with Image.open(path) as im:
-        arr = np.asarray(im.convert("L"), dtype=np.float32) / 255.0
-    return torch.from_numpy(arr.copy())

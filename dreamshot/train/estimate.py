@@ -41,7 +41,7 @@ BACKWARD_PER_TOKEN_FFN = 1.0
 OUTSIDE_PER_TOKEN_DIM = 2.2
 # Per text token: the embedded context (all blocks) and one block's cross-attention k / v.
 TEXT_PER_TOKEN_DIM = 6.0
-# role_attention's default RACL budget: half of the bytes of the layer's q.
+# dreamshot.roles' default RACL budget: half of the bytes of the layer's q.
 RACL_DEFAULT_BUDGET_FRACTION = 0.5
 
 

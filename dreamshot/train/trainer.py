@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from ..role_attention import RACLConfig, build_role_map
+from ..roles import RACLConfig, build_role_map
 from ..atomic import atomic_save_safetensors, atomic_write_json, atomic_write_text
 from .cache import CacheReader, Sample, build_sample, feasible_modes
 from .checkpoint import CheckpointManager, resolve_resume, set_rng_state
