@@ -1,6 +1,6 @@
 """Training memory options (issue 19): what each changes, measured; the same loss with them; resume.
 
-There is no GPU here, so "on the device" is measured by accounting: ``dreamshot.train.memory.TensorLedger``
+There is no GPU here, so "on the device" is measured by accounting: ``dreamshot.memory.TensorLedger``
 counts the bytes of every tensor a training step creates and keeps alive (offloaded block inputs, parked
 in host memory, leave the count), and ``StoryModel.resident_bytes`` the DiT weights that are not swapped
 out. ComfyUI computes in fp32 on a CPU (bf16 weights are cast per use), so these runs keep bf16 weights
@@ -109,7 +109,7 @@ def test_adamw8bit_state_is_a_quarter_of_adamw():
     """One 14B block's rank-32 LoRA (3.8M parameters): AdamW keeps 8 bytes of state per parameter,
     bitsandbytes' AdamW8bit 2 (+ one fp32 absmax per 256)."""
     pytest.importorskip("bitsandbytes", reason="optimizer.name = adamw8bit needs bitsandbytes (tests/requirements-ci.txt)")
-    from dreamshot.train.memory import tensor_bytes
+    from dreamshot.memory import tensor_bytes
     from dreamshot.train.trainer import make_optimizer
 
     sizes = {}

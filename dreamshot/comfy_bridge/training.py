@@ -79,7 +79,7 @@ def load_dit_on_meta(path: str, dtype: str = "bf16"):
     import comfy.model_patcher
     import comfy.utils
 
-    from ..train.estimate import read_header
+    from ..safetensors_header import read_header
     from .wan_patches import check_wan21_t2v
 
     _need_file("model.dit", path)
@@ -217,7 +217,7 @@ def _pin(t: torch.Tensor) -> torch.Tensor:
 
 def _to_host(t: torch.Tensor) -> torch.Tensor:
     """A host copy of a checkpointed block input (always a copy, so on a CPU run it is still one)."""
-    from ..train.memory import host_resident
+    from ..memory import host_resident
 
     return host_resident(t.to("cpu", copy=True))
 
@@ -562,7 +562,7 @@ class StoryModel:
 
     def resident_bytes(self) -> int:
         """Bytes of DiT weights kept on the compute device (all of them but the swapped blocks)."""
-        from ..train.memory import tensor_bytes
+        from ..memory import tensor_bytes
 
         dm = self.patcher.model.diffusion_model
         host = {id(prm) for i in self.swapped for prm in dm.blocks[i].parameters()}

@@ -14,7 +14,7 @@ checkpointing, every block's backward looks alike), and is the sum of
 - RACL's temporaries in that block (its byte budget plus full-size dq and dk).
 
 The activation coefficients (bytes per token, in units of dim and ffn_dim) were measured with
-``dreamshot.train.memory.TensorLedger`` on ComfyUI's own Wan block (tests/test_train_memory.py checks
+``dreamshot.memory.TensorLedger`` on ComfyUI's own Wan block (tests/test_train_memory.py checks
 the estimate against such a measurement). Byte counts are tensor bytes: the CUDA caching allocator
 adds fragmentation and its own reserve on top (``peak_reserved_gib`` in the training log), typically
 5-15 %.
@@ -22,10 +22,10 @@ adds fragmentation and its own reserve on top (``peak_reserved_gib`` in the trai
 
 from __future__ import annotations
 
-import json
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ..safetensors_header import read_header
 
 GiB = 1024 ** 3
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
@@ -85,15 +85,6 @@ class WanDims:
 
 
 WAN21 = {"1.3B": WanDims(1536, 8960, 30), "14B": WanDims(5120, 13824, 40)}
-
-
-def read_header(path: str | Path) -> dict[str, dict]:
-    """{tensor name: {"dtype", "shape", ...}} of a .safetensors file (its JSON header; no tensor is read)."""
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        header = json.loads(f.read(n))
-    header.pop("__metadata__", None)
-    return header
 
 
 def dims_from_file(path: str | Path) -> WanDims:

@@ -26,7 +26,7 @@ from .checkpoint import CheckpointManager, resolve_resume, set_rng_state
 from .config import ConfigError, TrainConfig, dump_toml
 from .distributed import DistState, all_reduce_mean_, fsdp_mesh, init_distributed, mean_scalar
 from .lora_io import dataset_hash, lora_metadata
-from .memory import GiB, peak_stats, reset_peak
+from ..memory import GiB, peak_stats, reset_peak
 from .objective import MODES, choose_mode, denoise_mask, flow_matching_loss, noise_frames, sample_sigmas
 
 log = logging.getLogger("DreamShot")

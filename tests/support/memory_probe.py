@@ -1,4 +1,4 @@
-"""Measure one training step's tensor memory on the CPU (dreamshot.train.memory.TensorLedger), and write
+"""Measure one training step's tensor memory on the CPU (dreamshot.memory.TensorLedger), and write
 random Wan2.1-format DiTs of any width for it."""
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def measure_step(trainer, batch) -> dict[str, int]:
     ``peak``: the most such tensors alive at once (backward, optimizer); ``state``: what stays after
     the step (gradients are freed; optimizer states are not)."""
     from dreamshot.comfy_bridge.compat import training_mode
-    from dreamshot.train.memory import TensorLedger, tensor_bytes
+    from dreamshot.memory import TensorLedger, tensor_bytes
 
     resident = trainer.story_model.resident_bytes() + tensor_bytes(trainer.params)
     with training_mode(), TensorLedger() as ledger:
