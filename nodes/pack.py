@@ -2,9 +2,8 @@
 
 import re
 
-import comfy.model_management
-
 from ..dreamshot.comfy_bridge.compat import io
+from ..dreamshot.comfy_bridge.text_encode import encode_text
 from ..dreamshot.errors import DreamShotInputError
 from ..dreamshot.images import FIT_METHODS
 from ..dreamshot.layout import DEFAULT_MAX_LATENT_FRAMES
@@ -15,14 +14,6 @@ from .types import CATEGORY, Characters, Sequence, Shots
 
 DEFAULT_NEGATIVE = ("blurry, low quality, worst quality, jpeg artifacts, deformed, disfigured, extra fingers, "
                     "bad hands, bad face, watermark, text, subtitles")
-
-
-def clip_text_encoder(clip):
-    """ComfyUI CLIP -> (text -> [1, L, C]) as CLIPTextEncode computes it."""
-    def encode(text: str):
-        return clip.encode_from_tokens(clip.tokenize(text)).to(comfy.model_management.intermediate_device())
-    return encode
-
 
 NUMBERED_SOCKET = re.compile(r"^(shots|characters)_(\d+)$")
 # What each socket family carries: (item type, what it is, the node whose output it takes).
@@ -129,5 +120,5 @@ class ShotSequencePack(io.ComfyNode):
             plan = plan_story(characters or (), shots or (), width, height, repeat=repeat, mode=mode,
                               keyframes=keyframes, lock_shots=lock, fit=fit, max_latent_frames=max_latent_frames,
                               check_budget=False)
-            sequence = encode_story(plan, vae, clip_text_encoder(clip), negative_prompt)
+            sequence = encode_story(plan, vae, lambda text: encode_text(clip, text), negative_prompt)
             return io.NodeOutput(sequence)

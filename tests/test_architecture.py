@@ -8,7 +8,8 @@
   their headless bootstrap, so ``--help`` and their unit tests need no ComfyUI.
 - ``nodes/`` reaches the method only through relative imports of ``..dreamshot`` (the pack is
   loaded under a path-derived module name) and never through ``sys.path`` tricks; ComfyUI's node API
-  (``io``, ``ui``) comes from ``dreamshot.comfy_bridge.compat`` only.
+  (``io``, ``ui``) comes from ``dreamshot.comfy_bridge.compat`` only, and every node's ``execute`` runs
+  under ``nodes.errors.reported_as`` so its errors name the node.
 
 The runtime test imports every method and tool module in a fresh interpreter that cannot see
 ComfyUI and checks none of ComfyUI's modules were loaded.
@@ -135,3 +136,17 @@ def test_every_method_and_tool_module_imports_without_comfyui(tmp_path):
     assert len(result["names"]) > 30, result["names"]
     assert result["failed"] == {}, result["failed"]
     assert result["loaded"] == [], f"ComfyUI modules imported by the method: {result['loaded']}"
+
+
+def test_every_node_reports_its_errors_under_its_name():
+    """Each node's execute runs inside ``with reported_as(<display name>)`` (nodes/errors.py)."""
+    missing = []
+    for path in _files(REPO / "nodes"):
+        for fn in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(fn, ast.FunctionDef) and fn.name == "execute":
+                withs = [w for w in ast.walk(fn) if isinstance(w, ast.With)
+                         and any(isinstance(i.context_expr, ast.Call) and getattr(i.context_expr.func, "id", "")
+                                 == "reported_as" for i in w.items)]
+                if not withs:
+                    missing.append(f"{path.relative_to(REPO)}:{fn.lineno}")
+    assert not missing, f"execute without reported_as: {missing}"

@@ -9,6 +9,7 @@
   as ComfyUI object patches / weight wrappers; saves with ComfyUI-native keys
   (``diffusion_model.blocks.{i}.self_attn.q.lora_up.weight`` ...), so the file loads in ComfyUI
   (``comfy.lora``, LoraLoaderModelOnly, LoadDreamShotModel) with no conversion.
+- ``encode_text``: the nodes' text path (``text_encode``), re-exported for the trainer's cache.
 - ``StoryModel``: the sampler's DreamShot patches (clean frames at t = 0 via per-frame
   timesteps, per-shot cross-attention) on a clone, plus training-only block replacements
   (gradient checkpointing, block index for RACL) and a self-attention hook
@@ -29,6 +30,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
+
+from .text_encode import encode_text  # noqa: F401  (re-exported: the trainer's cache encodes through it)
 
 log = logging.getLogger("DreamShot")
 
@@ -142,11 +145,6 @@ def load_text_encoder(path: str, config_override: dict | None = None):
     _need_file("model.text_encoder", path)
     options = {"umt5xxl_model_config": dict(config_override)} if config_override else {}
     return comfy.sd.load_clip(ckpt_paths=[str(path)], clip_type=comfy.sd.CLIPType.WAN, model_options=options)
-
-
-def encode_text(clip, text: str) -> torch.Tensor:
-    """[1, L, 4096] conditioning exactly as CLIPTextEncode makes it."""
-    return clip.encode_from_tokens_scheduled(clip.tokenize(text))[0][0]
 
 
 def _need_file(key: str, path) -> None:

@@ -53,7 +53,7 @@ def generate_storyboard(plan: StoryPlan, title: str, model, vae, clip, settings:
     """Sample the planned story; write ``<out>/<N>.png`` (1-based, atomically) and the storyboard
     sheet ``<out>/storyboard_<counter>_.png`` (+ .pdf; never overwritten). Returns a summary."""
     from ..comfy_bridge.sampling import sample_long_story
-    from ..comfy_bridge.training import encode_text
+    from ..comfy_bridge.text_encode import encode_text
 
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

@@ -123,7 +123,7 @@ def generate_story(story: VistoryStory, model, vae, clip, settings: RunSettings,
                    on_chunk=None) -> dict:
     """Generate (or finish) one story; returns a summary row."""
     from ..comfy_bridge.sampling import sample_long_story
-    from ..comfy_bridge.training import encode_text
+    from ..comfy_bridge.text_encode import encode_text
     from ..modes import Mode
     from ..story import encode_story, plan_story
 

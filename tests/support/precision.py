@@ -108,7 +108,7 @@ def compute_dtype(model) -> torch.dtype:
 
 class MemoClip:
     """The real ComfyUI CLIP, each distinct text encoded once per process (tests only). Shot Sequence
-    Pack calls ``tokenize`` then ``encode_from_tokens``; both reach the real encoder."""
+    Pack calls ``tokenize`` then ``encode_from_tokens_scheduled``; both reach the real encoder."""
 
     _cache: dict = {}
 
@@ -118,10 +118,10 @@ class MemoClip:
     def tokenize(self, text):
         return text
 
-    def encode_from_tokens(self, text):
+    def encode_from_tokens_scheduled(self, text):
         key = (id(self.clip), text)
         if key not in self._cache:
-            self._cache[key] = self.clip.encode_from_tokens(self.clip.tokenize(text))
+            self._cache[key] = self.clip.encode_from_tokens_scheduled(self.clip.tokenize(text))
         return self._cache[key]
 
 
