@@ -143,6 +143,25 @@ def wrap_text(text: str, font, width: float, max_lines: int) -> list[str]:
     return lines
 
 
+def _draw_caption(draw, x: int, ty: int, j: int, text_w: int, line_h: int, label, body, tags, characters,
+                  lines: Sequence[str]) -> None:
+    """Shot j's caption from (x, ty): "Shot N" and its tag, the names of its cast (when ``characters``
+    is given), then its wrapped prompt lines."""
+    heading_text = f"Shot {j + 1}"
+    draw.text((x, ty), heading_text, font=label, fill=INK)
+    if tags is not None and tags[j]:
+        tx = x + label.getlength(heading_text + "  ")
+        draw.text((tx, ty), _fit(_clean_text(tags[j], body), body, x + text_w - tx), font=body, fill=ACCENT)
+    ty += round(line_h * 1.25)
+    if characters is not None:
+        names = ", ".join(n for n in (_clean_text(n, body) for n in characters[j]) if n)
+        draw.text((x, ty), _fit(names, body, text_w) if names else "", font=body, fill=ACCENT)
+        ty += line_h
+    for line in lines:
+        draw.text((x, ty), line, font=body, fill=MUTED)
+        ty += line_h
+
+
 def _to_pil(image: torch.Tensor) -> Image.Image:
     """[H, W, C] 0..1 -> RGB PIL image (grey or RGBA inputs accepted)."""
     if image.shape[-1] == 1:
@@ -239,20 +258,8 @@ def render_sheet(images: torch.Tensor, captions: Sequence[str] | None = None,
         draw.rectangle([x, y, x + box_w, y + box_h], fill=INK)
         draw.text((x + badge_pad, y + badge_pad // 2), number, font=label, fill=BACKGROUND)
 
-        ty = y + cell_h + line_h // 3
-        heading_text = f"Shot {j + 1}"
-        draw.text((x, ty), heading_text, font=label, fill=INK)
-        if tags is not None and tags[j]:
-            tx = x + label.getlength(heading_text + "  ")
-            draw.text((tx, ty), _fit(_clean_text(tags[j], body), body, x + text_w - tx), font=body, fill=ACCENT)
-        ty += round(line_h * 1.25)
-        if has_names:
-            names = ", ".join(n for n in (_clean_text(n, body) for n in characters[j]) if n)
-            draw.text((x, ty), _fit(names, body, text_w) if names else "", font=body, fill=ACCENT)
-            ty += line_h
-        for line in caption_lines[j]:
-            draw.text((x, ty), line, font=body, fill=MUTED)
-            ty += line_h
+        _draw_caption(draw, x, y + cell_h + line_h // 3, j, text_w, line_h, label, body, tags, characters if has_names else None,
+                      caption_lines[j])
     return sheet
 
 
@@ -314,20 +321,8 @@ def _render_variants(images: torch.Tensor, captions, characters, title: str, tag
     y_text = margin + title_h + variants * cell_h + (variants - 1) * gutter
     for j in range(num):
         x = x0 + j * (cell_w + gutter)
-        ty = y_text + line_h // 3
-        heading_text = f"Shot {j + 1}"
-        draw.text((x, ty), heading_text, font=label, fill=INK)
-        if tags is not None and tags[j]:
-            tx = x + label.getlength(heading_text + "  ")
-            draw.text((tx, ty), _fit(_clean_text(tags[j], body), body, x + text_w - tx), font=body, fill=ACCENT)
-        ty += round(line_h * 1.25)
-        if has_names:
-            names = ", ".join(n for n in (_clean_text(n, body) for n in characters[j]) if n)
-            draw.text((x, ty), _fit(names, body, text_w) if names else "", font=body, fill=ACCENT)
-            ty += line_h
-        for line in caption_lines[j]:
-            draw.text((x, ty), line, font=body, fill=MUTED)
-            ty += line_h
+        _draw_caption(draw, x, y_text + line_h // 3, j, text_w, line_h, label, body, tags, characters if has_names else None,
+                      caption_lines[j])
     return sheet
 
 
