@@ -2,7 +2,7 @@
 
 - The method (every ``dreamshot`` module outside ``dreamshot/comfy_bridge``) imports without
   ComfyUI: no module-level import of ComfyUI's packages, and the method's core modules (top-level
-  ``dreamshot/*.py``) never import them at all, nor the ComfyUI adapter or a tool.
+  ``dreamshot/*.py`` and ``dreamshot/roles/``) never import them at all, nor the ComfyUI adapter or a tool.
 - ``dreamshot/comfy_bridge`` (the one adapter) never imports the nodes or a tool.
 - The headless tools (``python -m dreamshot.<tool>``) import ComfyUI only inside functions, after
   their headless bootstrap, so ``--help`` and their unit tests need no ComfyUI.
@@ -70,7 +70,7 @@ def test_method_and_tools_never_import_comfy_at_module_level():
         parts = _package_of(path)
         if parts[0] == "comfy_bridge":
             continue
-        core = len(parts) == 1
+        core = len(parts) == 1 or parts[0] == "roles"
         for module, level, module_level in _imports(ast.parse(path.read_text(), str(path))):
             name = _resolve(path, module, level)
             root = name.split(".")[0]
