@@ -26,6 +26,16 @@ NO_TEXT = -1
 # (q [B, Lq, H*d], k [B, Lk, H*d], v [B, Lk, H*d], heads) -> [B, Lq, H*d]
 AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
 
+# An op that replaces one attention call by several computes them in slices of at most 1/ROW_SLICES of
+# the query rows, written into one output buffer: beside it only one slice's queries and outputs exist,
+# so its peak memory stays within about (1 + 2/ROW_SLICES) of the plain call's (whose output is the
+# same size), at any token count.
+ROW_SLICES = 16
+
+
+def rows_per_slice(rows: int) -> int:
+    return max(1, -(-rows // ROW_SLICES))
+
 
 def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
                    key_bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -34,6 +44,9 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int
     b, lq, inner = q.shape
     d = inner // heads
     qh, kh, vh = (t.reshape(b, -1, heads, d).transpose(1, 2) for t in (q, k, v))
+    # [B, 1, 1, Lk]: CUDA's efficient kernel and the CPU flash kernel read it broadcast (the former
+    # pads a copy of this small tensor to a multiple of 8 keys); only the math fallback would
+    # materialise [B, H, Lq, Lk] (python -m dreamshot.bench --gpu prints the kernel each op got).
     mask = None if key_bias is None else key_bias.to(q.dtype)[:, None, None, :]
     out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask)
     return out.transpose(1, 2).reshape(b, lq, inner)
@@ -84,7 +97,7 @@ def per_shot_cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     Frames are folded into the batch: [B, F*P] queries become [B*F, P] against each frame's own
     [L] text, one attention call with the FLOPs of plain cross-attention. When every frame has
     text the result is returned as is (no extra buffer); otherwise the text frames are computed
-    in 16 slices of token rows into a zero output, bounding the extra memory.
+    in ROW_SLICES slices of token rows into a zero output, bounding the extra memory.
     """
     _check(q, k, frame_segments, tokens_per_frame, num_segments)
     b, _, inner = q.shape
@@ -120,7 +133,7 @@ def per_shot_cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     # outputs exist beside ``out``.
     out = torch.zeros_like(q)
     out_f = out.view(b, n_frames, p, inner)
-    rows = max(1, -(-p // 16))
+    rows = rows_per_slice(p)
     for first, end, has_text in frame_runs([seg != NO_TEXT for seg in frame_segments]):
         if not has_text:
             continue

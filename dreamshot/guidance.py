@@ -23,11 +23,9 @@ overwritten afterwards anyway).
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 
-AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
+from .attention import AttentionFn, rows_per_slice
 
 
 def reference_guidance(cond: torch.Tensor, cond_no_refs: torch.Tensor, ref_cfg: float) -> torch.Tensor:
@@ -50,11 +48,17 @@ def self_attention_without_refs(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
                                 num_ref_tokens: int, attention: AttentionFn) -> torch.Tensor:
     """Self-attention [B, N, H*d] where tokens after the first ``num_ref_tokens`` cannot see those.
 
-    Reference tokens attend among themselves only, so nothing of theirs reaches the shots.
+    Reference tokens attend among themselves only, so nothing of theirs reaches the shots. Both
+    parts are computed in row slices (attention.ROW_SLICES) written into one output, so the extra
+    memory stays near the plain call's (concatenating two whole outputs would double it).
     """
     r = num_ref_tokens
     if r <= 0:
         return attention(q, k, v, heads)
-    refs = attention(q[:, :r], k[:, :r], v[:, :r], heads)
-    shots = attention(q[:, r:], k[:, r:], v[:, r:], heads)
-    return torch.cat([refs, shots], dim=1)
+    out = torch.empty_like(q)
+    for first, end in ((0, r), (r, q.shape[1])):
+        step = rows_per_slice(end - first)
+        for a in range(first, end, step):
+            e = min(end, a + step)
+            out[:, a:e] = attention(q[:, a:e], k[:, first:end], v[:, first:end], heads)
+    return out

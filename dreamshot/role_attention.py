@@ -53,7 +53,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .attention import AttentionFn, sdpa_attention
+from .attention import AttentionFn, rows_per_slice, sdpa_attention
+from .attention_stats import character_mass, index_blocks, key_set_logsumexp, select_tokens, temp_budget
 from .errors import DreamShotInputError
 from .layout import PIXEL_MULTIPLE, StoryLayout
 
@@ -187,11 +188,10 @@ class RoleMap:
     def shots_with_regions(self) -> list[int]:
         return sorted({r.shot for r in self.regions})
 
-    def unregioned_shot_tokens(self) -> torch.Tensor:
-        """Tokens of shots with no region given (candidates for ``auto_regions``)."""
+    def unregioned_shots(self) -> list[int]:
+        """Shots with no region given (candidates for ``auto_regions``; tokens: ``shot_spans``)."""
         given = set(self.shots_with_regions())
-        spans = [torch.arange(a, b) for j, (a, b) in enumerate(self.shot_spans) if j not in given]
-        return torch.cat(spans) if spans else torch.zeros(0, dtype=torch.long)
+        return [j for j in range(len(self.shot_spans)) if j not in given]
 
     def group_of_query(self) -> torch.Tensor:
         """[N] group ids for ``role_masked_self_attention``.
@@ -333,44 +333,51 @@ def _scale(scale: float | None, q: torch.Tensor, heads: int) -> float:
 
 
 def _maybe_checkpoint(fn, *args):
-    # Recompute each chunk in backward: saved memory stays O(rows), not O(rows x keys).
+    # Recompute each block in backward: saved memory stays O(rows), not O(rows x keys).
     if torch.is_grad_enabled() and any(a.requires_grad for a in args if isinstance(a, torch.Tensor)):
         return checkpoint(fn, *args, use_reentrant=False)
     return fn(*args)
 
 
+def _needs_grad(*tensors: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 def full_logsumexp(q: torch.Tensor, k: torch.Tensor, query_idx: torch.Tensor, heads: int,
-                   scale: float | None = None, chunk: int = 4096,
+                   scale: float | None = None, budget_bytes: int | None = None,
                    key_bias: torch.Tensor | None = None) -> torch.Tensor:
-    """Log of the softmax denominator over ALL N keys for some queries, [B, H, |query_idx|].
+    """Log of the softmax denominator over ALL N keys for some queries, [B, H, |query_idx|] float32.
 
-    Chunked over keys (memory O(|Q| x chunk)), differentiable (chunks recomputed in backward).
-    ``key_bias`` [N] is added to every query's logits (the patch's per-key bias).
+    Blocks of rows x keys within ``budget_bytes`` (default ``attention_stats.temp_budget(q)``).
+    ``key_bias`` [N] is added to every query's logits (the patch's per-key bias). Differentiable (a
+    debugging and test path: each row block is recomputed in backward over all N keys, and its
+    gradient is a full-size tensor; training uses ``racl_loss``, whose backward is blockwise).
     """
-    qh = _split_heads(q, query_idx, heads)
-    kh = _split_heads(k, None, heads)
     s = _scale(scale, q, heads)
-    parts = []
-    for a in range(0, kh.shape[2], chunk):
-        bias = None if key_bias is None else key_bias[a:a + chunk].float().to(qh.device)
+    budget = budget_bytes or temp_budget(q)
+    if not _needs_grad(q, k):
+        return key_set_logsumexp(q, k, heads, query_idx, [None], s, budget, key_bias=key_bias)[..., 0]
+    b, n, _ = q.shape
+    rows = max(1, budget // (3 * 4 * b * heads * n))
+    bias = None if key_bias is None else key_bias.float().to(q.device)
 
-        def part(qh_, kh_, bias=bias):
-            logits = qh_ @ kh_.transpose(-1, -2) * s
-            if bias is not None:
-                logits = logits + bias
-            return torch.logsumexp(logits, dim=-1)
+    def part(q_, k_, rows_):
+        logits = _split_heads(q_, rows_, heads) @ _split_heads(k_, None, heads).transpose(-1, -2) * s
+        return torch.logsumexp(logits if bias is None else logits + bias, dim=-1)
 
-        parts.append(_maybe_checkpoint(part, qh, kh[:, :, a:a + chunk]))
-    return torch.logsumexp(torch.stack(parts, dim=-1), dim=-1)
+    query_idx = query_idx.to(q.device)
+    return torch.cat([_maybe_checkpoint(part, q, k, query_idx[a:a + rows])
+                      for a in range(0, len(query_idx), rows)], dim=2)
 
 
 def ref_shot_attention(q: torch.Tensor, k: torch.Tensor, query_idx: torch.Tensor, key_idx: torch.Tensor,
-                       heads: int, scale: float | None = None, chunk: int = 4096,
-                       normalization: str = "keys") -> torch.Tensor:
+                       heads: int, scale: float | None = None, normalization: str = "keys",
+                       budget_bytes: int | None = None) -> torch.Tensor:
     """Attention probabilities of a query-token set over a key-token set, [B, H, |Q|, |K|].
 
-    Only the gathered rows/columns are ever formed (never N x N), chunked over queries,
-    differentiable.
+    A debugging and test helper: its output is |Q| x |K| per head (RACL itself never forms it, see
+    ``racl_loss``). Only the gathered rows/columns are formed (never N x N), rows in blocks within
+    ``budget_bytes``; differentiable.
 
     Parameters
     ----------
@@ -385,20 +392,20 @@ def ref_shot_attention(q: torch.Tensor, k: torch.Tensor, query_idx: torch.Tensor
     """
     if normalization not in ("keys", "full"):
         raise ValueError("normalization must be 'keys' or 'full'")
-    qh = _split_heads(q, query_idx, heads)
+    budget = budget_bytes or temp_budget(q)
     kh = _split_heads(k, key_idx, heads)
     s = _scale(scale, q, heads)
-    lse = full_logsumexp(q, k, query_idx, heads, scale, chunk) if normalization == "full" else None
-    rows = []
-    for a in range(0, qh.shape[2], chunk):
-        logits = qh[:, :, a:a + chunk] @ kh.transpose(-1, -2) * s
-        if lse is None:
-            rows.append(torch.softmax(logits, dim=-1))
-        else:
-            rows.append(torch.exp(logits - lse[:, :, a:a + chunk, None]))
-    if not rows:
-        return qh.new_zeros(qh.shape[0], qh.shape[1], 0, kh.shape[2])
-    return torch.cat(rows, dim=2)
+    lse = full_logsumexp(q, k, query_idx, heads, scale, budget) if normalization == "full" else None
+    b = q.shape[0]
+    rows = max(1, budget // (3 * 4 * b * heads * max(1, kh.shape[2])))
+    query_idx = query_idx.to(q.device)
+    out = []
+    for a in range(0, len(query_idx), rows):
+        logits = _split_heads(q, query_idx[a:a + rows], heads) @ kh.transpose(-1, -2) * s
+        out.append(torch.softmax(logits, dim=-1) if lse is None else torch.exp(logits - lse[:, :, a:a + rows, None]))
+    if not out:
+        return kh.new_zeros(b, heads, 0, kh.shape[2])
+    return torch.cat(out, dim=2)
 
 
 # -- RACL -------------------------------------------------------------------------------------
@@ -492,38 +499,29 @@ def racl_from_probs(probs: torch.Tensor, key_char: torch.Tensor, query_char: tor
 
 def racl_loss(q: torch.Tensor, k: torch.Tensor, heads: int, role_map: RoleMap,
               characters: Sequence[int] | None = None, kind: str = "mass", eps: float = 1e-6,
-              scale: float | None = None, chunk: int = 4096) -> torch.Tensor:
+              scale: float | None = None, budget_bytes: int | None = None) -> torch.Tensor:
     """RACL of one self-attention layer (module docstring), not yet multiplied by lambda.
 
     Every region (shot j, character c) of ``role_map`` pairs shot tokens s_c with the
     reference tokens r_c of the same character; ``characters`` restricts to some characters.
-    Computed chunk by chunk over the region tokens with recomputation in backward, so memory
-    is O(|regions| x heads) saved plus O(chunk x |R|) transient, never N x N.
+    The per-character masses come from ``attention_stats.character_mass``: rows x keys in blocks
+    within ``budget_bytes`` (default ``temp_budget(q)``), float32, with an exact blockwise backward,
+    so neither the [regions x references] probabilities nor their graph ever exist whole.
     """
     regions = [r for r in role_map.regions
                if (characters is None or r.character in characters) and r.tokens.numel()]
     if not regions or role_map.num_characters < 1:
         return q.new_zeros((), dtype=torch.float32)
-    dev = q.device
-    key_idx = torch.cat(role_map.ref_tokens).to(dev)
-    key_char = torch.cat([torch.full((len(t),), c, dtype=torch.long)
-                          for c, t in enumerate(role_map.ref_tokens)]).to(dev)
-    key_w = torch.cat(role_map.ref_weights).to(dev)
-    query_idx = torch.cat([r.tokens for r in regions]).to(dev)
+    key_idx = torch.cat(role_map.ref_tokens)
+    key_char = torch.cat([torch.full((len(t),), c, dtype=torch.long) for c, t in enumerate(role_map.ref_tokens)])
+    key_w = torch.cat(role_map.ref_weights)
+    query_idx = torch.cat([r.tokens for r in regions])
     query_char = torch.cat([torch.full((len(r.tokens),), r.character, dtype=torch.long) for r in regions])
     query_region = torch.cat([torch.full((len(r.tokens),), i, dtype=torch.long) for i, r in enumerate(regions)])
     query_w = torch.cat([r.weights for r in regions])
-
-    qh = _split_heads(q, query_idx, heads)
-    kh = _split_heads(k, key_idx, heads)
-    s = _scale(scale, q, heads)
-    cmat = _char_matrix(key_char, key_w, role_map.num_characters, dev)
-
-    def block(qh_, kh_):
-        return torch.softmax(qh_ @ kh_.transpose(-1, -2) * s, dim=-1) @ cmat
-
-    mass = torch.cat([_maybe_checkpoint(block, qh[:, :, a:a + chunk], kh)
-                      for a in range(0, qh.shape[2], chunk)], dim=2)
+    cmat = _char_matrix(key_char, key_w, role_map.num_characters, q.device)
+    mass = character_mass(q, k, heads, query_idx, key_idx, cmat, _scale(scale, q, heads),
+                          budget_bytes or temp_budget(q))
     return racl_from_char_mass(mass, query_char, query_w, query_region, kind, eps)
 
 
@@ -599,89 +597,105 @@ def role_masked_self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     d = inner // heads
     kh, vh = (t.reshape(b, n, heads, d).transpose(1, 2) for t in (k, v))
     out = torch.empty_like(q)
-    # Queries are gathered per group in chunks of at most N/16 rows: the gathered queries and the
-    # chunk's outputs are the only buffers beside ``out``, so peak memory stays near plain attention's.
-    rows_per_call = max(1, -(-n // 16))
+    # Each group's queries in slices of at most N/ROW_SLICES rows (views where they are a run of
+    # tokens, else gathered): beside ``out`` only one slice's queries and outputs exist.
     for g in torch.unique(groups).tolist():
         bias = group_key_bias(g, ref_char_tokens, n, strength, dtype=q.dtype, device=q.device)
-        for idx in torch.nonzero(groups == g).squeeze(1).split(rows_per_call):
-            qg = q.index_select(1, idx)
+        rows = torch.nonzero(groups == g).squeeze(1)
+        for _, _, sel in index_blocks(rows, rows_per_slice(n), q.device):
+            qg = select_tokens(q, sel)
             if bias is None:
                 og = attention(qg, k, v, heads)
             else:
-                qh = qg.view(b, -1, heads, d).transpose(1, 2)
+                qh = qg.reshape(b, -1, heads, d).transpose(1, 2)
                 og = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=bias.view(1, 1, 1, n))
                 og = og.transpose(1, 2).reshape(b, -1, inner)
-            out.index_copy_(1, idx, og.to(out.dtype))
+            if isinstance(sel, slice):
+                out[:, sel] = og
+            else:
+                out.index_copy_(1, sel, og.to(out.dtype))
+            del qg, og   # before the next slice allocates its own
     return out
 
 
 def role_masked_attention_mass(q: torch.Tensor, k: torch.Tensor, heads: int, group_of_query: torch.Tensor,
                                ref_char_tokens: Sequence[torch.Tensor], strength: float,
                                query_idx: torch.Tensor, key_idx: torch.Tensor,
-                               scale: float | None = None, chunk: int = 4096) -> torch.Tensor:
+                               scale: float | None = None, budget_bytes: int | None = None) -> torch.Tensor:
     """Debug/test helper: attention mass [B, H, |query_idx|] that the PATCHED attention puts on
     ``key_idx``, using the same per-group key bias as ``role_masked_self_attention``."""
     _check_strength(strength)
     n = q.shape[1]
     _check_groups(group_of_query, n, len(ref_char_tokens))
     dev = q.device
-    query_idx, key_idx = query_idx.to(dev), key_idx.to(dev)
+    query_idx = query_idx.to(dev)
     qgroups = group_of_query.to(dev)[query_idx]
     out = q.new_zeros(q.shape[0], heads, len(query_idx), dtype=torch.float32)
     s = _scale(scale, q, heads)
-    kh_sub = _split_heads(k, key_idx, heads)
-    for g in torch.unique(qgroups).tolist():
-        rows = torch.nonzero(qgroups == g).squeeze(1)
-        bias = group_key_bias(g, ref_char_tokens, n, strength, device=dev)
-        lse_all = full_logsumexp(q, k, query_idx[rows], heads, scale, chunk, key_bias=bias)
-        logits = _split_heads(q, query_idx[rows], heads) @ kh_sub.transpose(-1, -2) * s
-        if bias is not None:
-            logits = logits + bias[key_idx]
-        out[:, :, rows] = torch.exp(torch.logsumexp(logits, dim=-1) - lse_all)
+    budget = budget_bytes or temp_budget(q)
+    with torch.no_grad():
+        for g in torch.unique(qgroups).tolist():
+            rows = torch.nonzero(qgroups == g).squeeze(1)
+            bias = group_key_bias(g, ref_char_tokens, n, strength, device=dev)
+            lse = key_set_logsumexp(q, k, heads, query_idx[rows], [key_idx, None], s, budget, key_bias=bias)
+            out[:, :, rows] = torch.exp(lse[..., 0] - lse[..., 1])
     return out
 
 
-def auto_regions(q: torch.Tensor, k: torch.Tensor, heads: int, shot_token_idx: torch.Tensor,
-                 ref_char_tokens: Sequence[torch.Tensor], chunk: int = 4096, min_mass: float = 0.0,
-                 scale: float | None = None) -> torch.Tensor:
-    """Regions from the attention itself: group id (c+1) per shot token, [|shot_token_idx|].
+def auto_regions(q: torch.Tensor, k: torch.Tensor, heads: int, shot_tokens: Sequence[torch.Tensor],
+                 shot_casts: Sequence[Sequence[int]], ref_char_tokens: Sequence[torch.Tensor],
+                 batch: slice | None = None, min_mass: float = 0.0, scale: float | None = None,
+                 budget_bytes: int | None = None) -> list[torch.Tensor]:
+    """Regions from the attention itself: per shot j, a group id (c+1) for each of ``shot_tokens[j]``.
 
-    Each shot token is assigned the character whose reference tokens receive most of its
-    attention (mass averaged over batch and heads), so it may draw identity from that one
-    character only. There is no background in this mode: without masks nothing says a token is
-    background, and forbidding every reference could erase a character that is still forming.
-    With ``min_mass`` > 0, a token whose largest per-character mass (as a fraction of its whole
-    attention row, over all N keys) is below it stays -1 (unconstrained): it barely reads any
-    reference, so there is nothing to redirect. Computed without gradients, O(chunk x |R|).
+    A token of shot j may draw identity only from one character of the shot's cast
+    ``shot_casts[j]`` (the characters the shot lists; a character the shot does not list is never
+    chosen):
+
+    - no cast member has reference tokens: -1 (unconstrained), there is nothing to choose;
+    - one has: every token of the shot is tied to it, computed from nothing (the shot must not read
+      the other characters' references, whichever token it is);
+    - several: the one whose reference tokens receive most of the token's attention, as a share of
+      its attention on the cast's references, averaged over heads and over the batch rows ``batch``
+      (None: all rows; the caller picks the positive prompt's rows, see comfy_bridge.role_patch).
+
+    There is no background in this mode: without masks nothing says a token is background, and
+    forbidding every reference could erase a character that is still forming. With ``min_mass`` > 0,
+    a token whose chosen character's mass, as a fraction of its whole attention row (all N keys), is
+    below it stays -1: it barely reads any reference, so there is nothing to redirect.
+
+    Without gradients; logits in q's dtype, in blocks of rows x reference keys within
+    ``budget_bytes`` (default ``attention_stats.temp_budget(q)``).
     """
+    if len(shot_tokens) != len(shot_casts):
+        raise ValueError(f"{len(shot_tokens)} shots of tokens for {len(shot_casts)} casts")
     dev = q.device
-    shot_token_idx = shot_token_idx.to(dev)
-    groups = torch.full((len(shot_token_idx),), UNCONSTRAINED, dtype=torch.long, device=dev)
-    nonempty = [t for t in ref_char_tokens if t.numel()]
-    if not nonempty or not len(shot_token_idx):
-        return groups
-    with torch.no_grad():
-        key_idx = torch.cat(nonempty).to(dev)
-        key_char = torch.cat([torch.full((len(t),), c, dtype=torch.long)
-                              for c, t in enumerate(ref_char_tokens) if t.numel()]).to(dev)
-        cmat = _char_matrix(key_char, None, len(ref_char_tokens), dev)
-        kh = _split_heads(k, key_idx, heads)
-        s = _scale(scale, q, heads)
-        for a in range(0, len(shot_token_idx), chunk):
-            rows = shot_token_idx[a:a + chunk]
-            logits = _split_heads(q, rows, heads) @ kh.transpose(-1, -2) * s
-            if min_mass > 0:
-                probs = torch.exp(logits - full_logsumexp(q, k, rows, heads, scale, chunk)[..., None])
-            else:
-                probs = torch.softmax(logits, dim=-1)
-            mass = (probs @ cmat).mean(dim=(0, 1))  # [rows, C]
-            best, char = mass.max(dim=-1)
-            g = char + 1
-            if min_mass > 0:
-                g = torch.where(best >= min_mass, g, torch.full_like(g, UNCONSTRAINED))
-            groups[a:a + chunk] = g
-    return groups
+    out = [torch.full((len(t),), UNCONSTRAINED, dtype=torch.long, device=dev) for t in shot_tokens]
+    with_refs = {c for c, t in enumerate(ref_char_tokens) if t.numel()}
+    by_cast: dict[tuple[int, ...], list[int]] = {}
+    for j, (tokens, cast) in enumerate(zip(shot_tokens, shot_casts)):
+        candidates = tuple(sorted(set(cast) & with_refs))
+        if not candidates or not len(tokens):
+            continue
+        if len(candidates) == 1 and min_mass <= 0:
+            out[j].fill_(candidates[0] + 1)
+            continue
+        by_cast.setdefault(candidates, []).append(j)
+    s = _scale(scale, q, heads)
+    budget = budget_bytes or temp_budget(q)
+    for candidates, shots in by_cast.items():
+        rows = torch.cat([shot_tokens[j].cpu() for j in shots])
+        key_sets = [ref_char_tokens[c] for c in candidates] + ([None] if min_mass > 0 else [])
+        lse = key_set_logsumexp(q, k, heads, rows, key_sets, s, budget, batch)
+        norm = lse[..., -1:] if min_mass > 0 else torch.logsumexp(lse, dim=-1, keepdim=True)
+        mass = torch.exp(lse[..., :len(candidates)] - norm).mean(dim=(0, 1))  # [rows, candidates]
+        best, pick = mass.max(dim=-1)
+        g = torch.tensor(candidates, device=dev)[pick] + 1
+        if min_mass > 0:
+            g = torch.where(best >= min_mass, g, torch.full_like(g, UNCONSTRAINED))
+        for j, part in zip(shots, g.split([len(shot_tokens[j]) for j in shots])):
+            out[j] = part
+    return out
 
 
 # -- step range -------------------------------------------------------------------------------

@@ -153,17 +153,20 @@ def _to_pil(image: torch.Tensor) -> Image.Image:
 
 def render_sheet(images: torch.Tensor, captions: Sequence[str] | None = None,
                  characters: Sequence[Sequence[str]] | None = None, title: str = "", columns: int = 0,
-                 tags: Sequence[str] | None = None, style: SheetStyle = SheetStyle()) -> Image.Image:
+                 tags: Sequence[str] | None = None, style: SheetStyle = SheetStyle(), variants: int = 1) -> Image.Image:
     """Lay keyframes out as a storyboard sheet.
 
     Args:
-        images: [S, H, W, C] in 0..1 (C = 1, 3 or 4), one keyframe per shot, in story order.
+        images: [S, H, W, C] in 0..1 (C = 1, 3 or 4), one keyframe per shot, in story order; with
+            ``variants`` V > 1, [V*S, ...] variant by variant (DreamShot Sampler's order).
         captions: per shot, its script text (wrapped under the image), or None.
         characters: per shot, the character names in it (shown under the shot number), or None.
         title: drawn on top; empty draws no title row.
-        columns: shots per row; 0 picks balanced rows of at most 4.
+        columns: shots per row; 0 picks balanced rows of at most 4. Ignored with variants.
         tags: per shot, a short word shown after the shot number (e.g. "kept", "new"), or None.
         style: sizes; by default everything follows the keyframe width (capped at 640 px).
+        variants: V storyboards of the same story: one row each, labelled, the script once under the
+            last row.
 
     Returns:
         An RGB PIL image.
@@ -173,6 +176,11 @@ def render_sheet(images: torch.Tensor, captions: Sequence[str] | None = None,
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise DreamShotInputError("keyframes", f"expected an IMAGE batch [S, H, W, 3], got {shape}.",
                                   "connect the keyframes output of DreamShot Sampler.")
+    if variants < 1 or images.shape[0] % variants:
+        raise DreamShotInputError("keyframes", f"{images.shape[0]} keyframe(s) do not split into {variants} variants.",
+                                  "connect the keyframes of one DreamShot Sampler run.")
+    if variants > 1:
+        return _render_variants(images, captions, characters, title, tags, style, variants)
     num = images.shape[0]
     for name, values in (("captions", captions), ("characters", characters), ("tags", tags)):
         if values is not None and len(values) != num:
@@ -232,6 +240,81 @@ def render_sheet(images: torch.Tensor, captions: Sequence[str] | None = None,
         draw.text((x + badge_pad, y + badge_pad // 2), number, font=label, fill=BACKGROUND)
 
         ty = y + cell_h + line_h // 3
+        heading_text = f"Shot {j + 1}"
+        draw.text((x, ty), heading_text, font=label, fill=INK)
+        if tags is not None and tags[j]:
+            tx = x + label.getlength(heading_text + "  ")
+            draw.text((tx, ty), _fit(_clean_text(tags[j], body), body, x + text_w - tx), font=body, fill=ACCENT)
+        ty += round(line_h * 1.25)
+        if has_names:
+            names = ", ".join(n for n in (_clean_text(n, body) for n in characters[j]) if n)
+            draw.text((x, ty), _fit(names, body, text_w) if names else "", font=body, fill=ACCENT)
+            ty += line_h
+        for line in caption_lines[j]:
+            draw.text((x, ty), line, font=body, fill=MUTED)
+            ty += line_h
+    return sheet
+
+
+def _render_variants(images: torch.Tensor, captions, characters, title: str, tags, style: SheetStyle,
+                     variants: int) -> Image.Image:
+    """render_sheet for V variants of S shots: a row per variant with its label on the left, each
+    image with its shot number, and the shots' script once under the last row."""
+    num = images.shape[0] // variants
+    for name, values in (("captions", captions), ("characters", characters), ("tags", tags)):
+        if values is not None and len(values) != num:
+            raise DreamShotInputError(name, f"{len(values)} {name} for {num} shots.", "give one entry per shot.")
+    src_h, src_w = int(images.shape[1]), int(images.shape[2])
+    cell_w = max(style.cell_width or min(src_w, 640), 96)
+    cell_h = max(1, round(src_h * cell_w / src_w))
+    font_size = style.font_size or max(12, round(cell_w / 30))
+    margin = style.margin if style.margin is not None else max(16, font_size * 2)
+    gutter = style.gutter if style.gutter is not None else max(12, font_size)
+    line_h = round(font_size * 1.3)
+    body = _font(font_size, style.font)
+    label = _font(round(font_size * 1.15), style.font)
+    heading = _font(round(font_size * 2), style.font)
+
+    row_labels = [f"Variant {v + 1}" for v in range(variants)]
+    label_w = round(max(label.getlength(t) for t in row_labels)) + gutter
+    text_w = cell_w - 2
+    caption_lines = [wrap_text(c, body, text_w, style.max_caption_lines) if c else [] for c in (captions or [""] * num)]
+    has_names = characters is not None and any(characters)
+    text_h = round(line_h * 1.25) + (line_h if has_names else 0) + line_h * max(len(x) for x in caption_lines) \
+        + line_h // 2
+    title_text = _clean_text(title, heading)
+    title_h = round(font_size * 2 * 1.3) + margin if title_text else 0
+
+    width = 2 * margin + label_w + num * cell_w + (num - 1) * gutter
+    height = 2 * margin + title_h + variants * cell_h + (variants - 1) * gutter + text_h
+    sheet = Image.new("RGB", (width, height), BACKGROUND)
+    draw = ImageDraw.Draw(sheet)
+    if title_text:
+        draw.text((margin, margin), _fit(title_text, heading, width - 2 * margin), font=heading, fill=INK)
+        y_rule = margin + round(font_size * 2 * 1.3) + margin // 2
+        draw.line([(margin, y_rule), (width - margin, y_rule)], fill=FRAME, width=1)
+
+    badge_pad = max(4, font_size // 3)
+    x0 = margin + label_w
+    for v in range(variants):
+        y = margin + title_h + v * (cell_h + gutter)
+        draw.text((margin, y + (cell_h - line_h) // 2), row_labels[v], font=label, fill=INK)
+        for j in range(num):
+            x = x0 + j * (cell_w + gutter)
+            thumb = _to_pil(images[v * num + j])
+            if thumb.size != (cell_w, cell_h):
+                thumb = thumb.resize((cell_w, cell_h), Image.LANCZOS)
+            sheet.paste(thumb, (x, y))
+            draw.rectangle([x - 1, y - 1, x + cell_w, y + cell_h], outline=FRAME, width=1)
+            number = str(j + 1)
+            box_w = round(label.getlength(number)) + 2 * badge_pad
+            draw.rectangle([x, y, x + box_w, y + line_h + badge_pad], fill=INK)
+            draw.text((x + badge_pad, y + badge_pad // 2), number, font=label, fill=BACKGROUND)
+
+    y_text = margin + title_h + variants * cell_h + (variants - 1) * gutter
+    for j in range(num):
+        x = x0 + j * (cell_w + gutter)
+        ty = y_text + line_h // 3
         heading_text = f"Shot {j + 1}"
         draw.text((x, ty), heading_text, font=label, fill=INK)
         if tags is not None and tags[j]:

@@ -7,6 +7,7 @@ segment. ``encode_story`` then runs the VAE and the text encoder passed in.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -15,7 +16,7 @@ import torch
 from .attention import NO_TEXT
 from .errors import DreamShotInputError
 from .images import fit_image, fit_mask
-from .layout import DEFAULT_MAX_LATENT_FRAMES, StoryLayout, check_resolution
+from .layout import DEFAULT_MAX_LATENT_FRAMES, PIXEL_MULTIPLE, StoryLayout, check_resolution
 from .modes import Mode, resolve_clean_shots
 from .packing import VideoVAE, pack_latent
 from .text_fold import FoldedText, TextSegment, fold_text, split_zero_rows, unfold_context
@@ -53,10 +54,15 @@ class Shot:
     seed: int | None = None
 
 
+BOX_FORMS = "x0, y0, x1, y1 inside the frame, as fractions of the shot (every coordinate <= 1) or in pixels"
+
+
 def parse_boxes(text: str, input_name: str = "character_boxes") -> tuple[tuple[str, tuple[float, ...]], ...]:
     """ "Mira: 0.05, 0.1, 0.45, 1; Theo: 0.5, 0.1, 0.95, 1" -> ((name, box), ...).
 
-    Boxes are x0, y0, x1, y1, as fractions of the shot (all <= 1) or in pixels.
+    Boxes are x0, y0, x1, y1, as fractions of the shot (all <= 1) or in pixels. A box starting
+    outside the frame (a negative coordinate) is refused here; one ending outside it is refused by
+    ``plan_story``, which knows the frame (``box_problem``).
     """
     out = []
     for part in (p.strip() for p in text.replace("\n", ";").split(";")):
@@ -67,11 +73,35 @@ def parse_boxes(text: str, input_name: str = "character_boxes") -> tuple[tuple[s
             box = tuple(float(x) for x in coords.split(","))
         except ValueError:
             box = ()
-        if not sep or not name.strip() or len(box) != 4 or box[2] <= box[0] or box[3] <= box[1]:
+        if not sep or not name.strip() or len(box) != 4 or not all(map(math.isfinite, box)) \
+                or box[2] <= box[0] or box[3] <= box[1]:
             raise DreamShotInputError(input_name, f"cannot read the box {part!r}.",
                                       'write "Name: x0, y0, x1, y1" with x1 > x0 and y1 > y0, boxes separated by ";".')
+        if min(box) < 0:
+            raise DreamShotInputError(input_name, f"the box {part!r} starts outside the frame (negative coordinate); "
+                                      "boxes are refused, not clipped.", f"give {BOX_FORMS}, 0 being the left/top edge.")
         out.append((name.strip(), box))
     return tuple(out)
+
+
+def box_problem(box: Sequence[float], width: int, height: int) -> str | None:
+    """Why ``box`` cannot be a region of a width x height shot, or None. Refused rather than clipped:
+    a clipped box silently changes which tokens role attention constrains. Fractions when every
+    coordinate is <= 1, else pixels: a pixel box must lie inside the frame and span at least one
+    16-pixel token each way (what "0.5, 0, 1.5, 1", a fraction past the edge, would not)."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    if not all(map(math.isfinite, (x0, y0, x1, y1))) or x1 <= x0 or y1 <= y0:
+        return "is empty or not a box (needs x1 > x0 and y1 > y0)"
+    if min(x0, y0) < 0:
+        return "starts outside the frame (negative coordinate)"
+    if max(x0, y0, x1, y1) <= 1:
+        return None
+    if x1 > width or y1 > height:
+        return f"reaches outside the {width}x{height} frame (read as pixels, since a coordinate is > 1)"
+    if x1 - x0 < PIXEL_MULTIPLE or y1 - y0 < PIXEL_MULTIPLE:
+        return (f"is read as pixels (a coordinate is > 1) but is narrower than one {PIXEL_MULTIPLE}-pixel token; "
+                "a fraction past the edge of the shot?")
+    return None
 
 
 def parse_character_names(text: str) -> tuple[str, ...]:
@@ -100,6 +130,14 @@ class StoryPlan:
     # Latent frames one sampling pass may hold; checked per pass by the sampler when the story is
     # generated in chunks (see plan_story's check_budget).
     max_latent_frames: int = DEFAULT_MAX_LATENT_FRAMES
+    # Per shot, what the VAE encodes in its place when that is not shot_images (None: shot_images,
+    # grey for generated shots). Edit mode with the earlier storyboard given encodes it whole: the
+    # Wan VAE is causal in time, so a kept shot after a regenerated one then gets the latent it had
+    # rather than one encoded after a grey placeholder.
+    encode_images: list[torch.Tensor | None] | None = None
+
+    def images_to_encode(self) -> list[torch.Tensor | None]:
+        return list(self.shot_images) if self.encode_images is None else list(self.encode_images)
 
 
 def plan_story(characters: Sequence[Character], shots: Sequence[Shot], width: int, height: int,
@@ -130,6 +168,9 @@ def plan_story(characters: Sequence[Character], shots: Sequence[Shot], width: in
     shots = tuple(shots)
     names = [c.name for c in characters]
     for c in characters:
+        if c.kind not in REFERENCE_KINDS:
+            raise DreamShotInputError("characters", f"{c.name!r} is of unknown kind {c.kind!r}.",
+                                      f"use one of: {', '.join(REFERENCE_KINDS)}.")
         if not c.name.strip():
             raise DreamShotInputError("characters", "a character has an empty name.",
                                       "give every Character Reference a name.")
@@ -179,6 +220,10 @@ def plan_story(characters: Sequence[Character], shots: Sequence[Shot], width: in
     clean = resolve_clean_shots(mode, len(ref_images), [img is not None for img in shot_images])
     # Images given for shots that are generated anyway are not needed.
     shot_images = [img if keep else None for img, keep in zip(shot_images, clean)]
+    encode_images = None
+    if keyframes is not None and any(clean) and not all(clean) and keyframes.shape[0] >= len(shots):
+        encode_images = [img if img is not None else fit_image(keyframes[j], width, height, fit, "keyframes")
+                         for j, img in enumerate(shot_images)]
     layout = StoryLayout(num_refs=len(ref_images), num_shots=len(shots), width=width, height=height,
                          repeat=repeat, ref_characters=tuple(ref_characters), clean_shots=clean)
     if check_budget:
@@ -201,7 +246,7 @@ def plan_story(characters: Sequence[Character], shots: Sequence[Shot], width: in
                      ref_masks=ref_masks, shot_images=shot_images, prompts=prompts,
                      frame_segments=frame_segments, shot_characters=shot_characters, mode=mode,
                      shot_regions=shot_regions if mode.uses_references else [{} for _ in shots],
-                     max_latent_frames=max_latent_frames)
+                     max_latent_frames=max_latent_frames, encode_images=encode_images)
 
 
 def _shot_regions(j: int, shot: Shot, names: list[str], width: int, height: int) -> dict[int, object]:
@@ -213,6 +258,13 @@ def _shot_regions(j: int, shot: Shot, names: list[str], width: int, height: int)
                 f"add {name!r} to the shot's characters, or remove the region.")
         if isinstance(spec, torch.Tensor):
             spec = fit_mask(spec, width, height, "stretch")
+        else:
+            problem = box_problem(spec, width, height)
+            if problem:
+                coords = ", ".join(f"{float(v):g}" for v in spec)
+                raise DreamShotInputError(
+                    "character_boxes", f"shot {j + 1}: the box of {name!r} ({coords}) {problem}; boxes are refused, "
+                    "not clipped.", f"give {BOX_FORMS}.")
         regions[names.index(name)] = spec
     return regions
 
@@ -252,11 +304,12 @@ def encode_story(plan: StoryPlan, vae: VideoVAE, encode_text: Callable[[str], to
                  negative_prompt: str = "") -> StorySequence:
     """Run the VAE and the text encoder: the packed latent and the per-segment contexts.
 
-    ``encode_text(text) -> [1, L, C]``. Each distinct text is encoded once. The contexts are folded
+    ``encode_text(text) -> [1, L, C]``. Each distinct text is encoded once. ``negative_prompt`` is the
+    negative text of every shot without its own (``Shot.negative_prompt``). The contexts are folded
     (dreamshot.text_fold): each segment keeps its non-zero rows and as few zero rows as the longest
     segment needs, with the counts that keep the attention exactly that of the padded prompts.
     """
-    latent = pack_latent(vae, plan.layout, plan.ref_images, plan.shot_images)
+    latent = pack_latent(vae, plan.layout, plan.ref_images, plan.images_to_encode())
     cache: dict[str, torch.Tensor] = {}
 
     def enc(text: str) -> torch.Tensor:
@@ -266,9 +319,9 @@ def encode_story(plan: StoryPlan, vae: VideoVAE, encode_text: Callable[[str], to
 
     n_shots = plan.layout.num_shots
     positive_parts = [enc(p) for p in plan.prompts]
-    # Negative: the negative prompt in every shot segment; reference captions unchanged, so CFG
-    # pushes only on the shots' text.
-    negative_parts = [enc(negative_prompt)] * n_shots + positive_parts[n_shots:]
+    # Negative: each shot's own negative prompt, else the pack's, in its shot segment; reference
+    # captions unchanged, so CFG pushes only on the shots' text.
+    negative_parts = [enc(s.negative_prompt.strip() or negative_prompt) for s in plan.shots] + positive_parts[n_shots:]
     text = fold_story_text(positive_parts, negative_parts, plan.layout.num_tokens)
     return StorySequence(plan=plan, latent=latent, positive=text.positive, negative=text.negative,
                          segment_length=text.segment_length, vae=vae, positive_zero_rows=text.positive_zero_rows,

@@ -49,7 +49,7 @@ from .images import fit_image, fit_mask, load_image, load_mask
 from .modes import Mode
 from .sheet import publish_new, safe_stem, write_temp
 from .story import REFERENCE_KINDS, Character, Shot
-from .train.atomic import atomic_write
+from .atomic import atomic_write
 
 FORMAT = "dreamshot-story"
 FORMAT_VERSION = 1

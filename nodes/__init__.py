@@ -6,10 +6,11 @@ from .pack import ShotSequencePack
 from .racl import RACLAttentionPatch
 from .sampler import DreamShotSampler
 from .sheet import StoryboardSheet
+from .shot_lora import ShotLoRA
 from .story_files import LoadStory, SaveStory
 from .story_nodes import CharacterReference, ShotScript
 
 NODES = [LoadDreamShotModel, CharacterReference, ShotScript, ShotSequencePack, DreamShotSampler, RACLAttentionPatch,
-         StoryboardSheet, StoryMetrics, LoadStory, SaveStory]
+         StoryboardSheet, StoryMetrics, LoadStory, SaveStory, ShotLoRA]
 
 __all__ = ["NODES", "register_model_folder"]

@@ -143,7 +143,8 @@ def story_from_sequence(sequence) -> StoryToMeasure:
         boxes.append(regions if expected and all(regions.get(c) for c in expected) else {})
     return StoryToMeasure(id="storyboard", names=names, references=refs, prompts=tuple(s.prompt for s in plan.shots),
                           shot_characters=tuple(tuple(c) for c in plan.shot_characters), shot_boxes=tuple(boxes),
-                          reference_labels=tuple(tuple(f"reference image {k + 1}" for k in range(len(r))) for r in refs))
+                          reference_labels=tuple(tuple(f"reference image {k + 1}" for k in range(len(r))) for r in refs),
+                          kinds=tuple(c.kind for c in plan.characters))
 
 
 def measure_keyframes(keyframes, sequence, analyzer, scorer):
@@ -179,7 +180,8 @@ class StoryMetrics(io.ComfyNode):
             category=f"{CATEGORY}/output",
             description="Measures a storyboard against its story: per shot and overall, how close each expected "
                         "character's face is to its reference (ArcFace), missed and confused characters, "
-                        "cross-shot consistency and the CLIP score of each shot against its prompt. Models are "
+                        "cross-shot consistency and the CLIP score of each shot against its prompt. Scene references "
+                        "(kind location / prop) have no face and are not measured. Models are "
                         "read from ComfyUI/models/insightface and models/dreamshot_clip, never downloaded.",
             is_experimental=True,
             is_output_node=True,

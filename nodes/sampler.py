@@ -25,15 +25,18 @@ class DreamShotSampler(io.ComfyNode):
                 io.Model.Input("model", tooltip="Wan2.1 T2V (from Load DreamShot Model)."),
                 Sequence.Input("sequence", tooltip="From Shot Sequence Pack."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
-                             tooltip="Noise seed; the same seed gives the same storyboard."),
+                             tooltip="Noise seed; the same seed gives the same storyboard. Each shot's initial noise "
+                                     "comes from a seed derived from this one and the shot's number, unless its Shot "
+                                     "Script sets a seed of its own (re-roll one shot: change only that one)."),
                 io.Int.Input("steps", default=30, min=1, max=10000, tooltip="Sampling steps."),
-                io.Float.Input("cfg", default=5.0, min=0.0, max=100.0, step=0.1, round=0.01,
-                               tooltip="Text guidance scale; 1.0 skips the negative pass."),
+                io.Float.Input("cfg", default=3.0, min=0.0, max=100.0, step=0.1, round=0.01,
+                               tooltip="Text guidance scale (official: 3, or 1 with the 4-step LoRA); 1.0 skips "
+                                       "the negative pass."),
                 io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="euler",
                                tooltip="Any ComfyUI sampler."),
                 io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="simple",
                                tooltip="Any ComfyUI scheduler."),
-                io.Float.Input("ref_cfg", default=1.0, min=0.0, max=100.0, step=0.1, round=0.01,
+                io.Float.Input("ref_cfg", default=2.0, min=0.0, max=100.0, step=0.1, round=0.01,
                                tooltip="Reference-image guidance scale (official: 2, or 1.5 with the 4-step "
                                        "LoRA). 1.0 = off, no extra model pass; otherwise one extra pass per step "
                                        "with the shots blind to the references. Ignored without references."),
@@ -43,17 +46,24 @@ class DreamShotSampler(io.ComfyNode):
                 io.Int.Input("context_shots", default=0, min=0, max=64,
                              tooltip="With chunks: the last N shots generated so far are given clean to the next "
                                      "chunk as context (Shot-to-Shot)."),
+                io.Int.Input("variants", default=1, min=1, max=64, optional=True,
+                             tooltip="Storyboards made in this run, one after the other (one progress bar); variant v "
+                                     "is exactly the storyboard of seed + v. The keyframes come out variant by "
+                                     "variant (N x shots images); the Storyboard Sheet shows each variant as a row."),
             ],
             outputs=[
-                io.Image.Output(display_name="keyframes", tooltip="One image per shot, in story order."),
-                io.Latent.Output(display_name="latent", tooltip="The shots' latent frames (references removed)."),
+                io.Image.Output(display_name="keyframes", tooltip="One image per shot, in story order (with "
+                                                                  "variants: all shots of variant 1, then of 2, ...)."),
+                io.Latent.Output(display_name="latent", tooltip="The shots' latent frames (references removed), one "
+                                                                "batch entry per variant."),
             ],
         )
 
     @classmethod
-    def execute(cls, model, sequence, seed, steps, cfg, sampler_name, scheduler, ref_cfg=1.0, chunk_size=0,
-                context_shots=0) -> io.NodeOutput:
+    def execute(cls, model, sequence, seed, steps, cfg, sampler_name, scheduler, ref_cfg=2.0, chunk_size=0,
+                context_shots=0, variants=1) -> io.NodeOutput:
         with reported_as(cls.DISPLAY):
             images, latent = sample_long_story(model, sequence, seed, steps, cfg, sampler_name, scheduler,
-                                               ref_cfg=ref_cfg, chunk_size=chunk_size, context_shots=context_shots)
+                                               ref_cfg=ref_cfg, chunk_size=chunk_size, context_shots=context_shots,
+                                               variants=variants)
             return io.NodeOutput(images, {"samples": latent})

@@ -31,19 +31,21 @@ def _png_metadata(cls) -> PngInfo | None:
 
 
 def _script(sequence, num_keyframes: int):
-    """Captions, character names and kept/new tags per shot from a packed sequence."""
+    """Captions, character names and kept/new tags per shot from a packed sequence, and the number of
+    variants the keyframes hold (DreamShot Sampler's variants: V x shots images)."""
     if sequence is None:
-        return None, None, None
+        return None, None, None, 1
     plan = sequence.plan
-    if len(plan.shots) != num_keyframes:
+    shots = len(plan.shots)
+    if num_keyframes % shots:
         raise DreamShotInputError(
-            "keyframes", f"{num_keyframes} keyframe(s) but the sequence has {len(plan.shots)} shot(s).",
-            "connect the keyframes that DreamShot Sampler made from this sequence.")
+            "keyframes", f"{num_keyframes} keyframe(s) but the sequence has {shots} shot(s): not one image per shot "
+            "(or per shot of each variant).", "connect the keyframes that DreamShot Sampler made from this sequence.")
     captions = [shot.prompt for shot in plan.shots]
     characters = [tuple(shot.characters) for shot in plan.shots]
     clean = plan.layout.clean_shots
     tags = [("kept" if keep else "new") for keep in clean] if any(clean) else None
-    return captions, characters, tags
+    return captions, characters, tags, num_keyframes // shots
 
 
 def _split_prefix(prefix: str, output_dir: str, width: int, height: int) -> tuple[str, str, str]:
@@ -81,14 +83,16 @@ class StoryboardSheet(io.ComfyNode):
             is_output_node=True,
             inputs=[
                 io.Image.Input("keyframes", tooltip="One image per shot, in story order (DreamShot Sampler's "
-                                                    "keyframes)."),
+                                                    "keyframes); with the sampler's variants, each variant becomes a "
+                                                    "row (the sequence tells how many shots a variant has)."),
                 Sequence.Input("sequence", optional=True,
                                tooltip="The Shot Sequence Pack output the keyframes were made from: gives each "
                                        "shot's script text and characters, and marks kept/new shots in edit mode. "
                                        "Without it only shot numbers are shown."),
                 io.String.Input("title", default="Storyboard", tooltip="Title printed on top; empty for none."),
                 io.Int.Input("columns", default=0, min=0, max=16,
-                             tooltip="Shots per row; 0 = automatic (balanced rows of at most 4)."),
+                             tooltip="Shots per row; 0 = automatic (balanced rows of at most 4). With variants each "
+                                     "row is one variant, whatever this says."),
                 io.String.Input("filename_prefix", default="DreamShot/storyboard",
                                 tooltip="File name prefix inside ComfyUI's output folder; '/' makes subfolders. "
                                         "A counter is added, existing files are never overwritten."),
@@ -101,8 +105,9 @@ class StoryboardSheet(io.ComfyNode):
     @classmethod
     def execute(cls, keyframes, title, columns, filename_prefix, save_pdf, sequence=None) -> io.NodeOutput:
         with reported_as(cls.DISPLAY):
-            captions, characters, tags = _script(sequence, keyframes.shape[0])
-            sheet = render_sheet(keyframes, captions, characters, title=title, columns=columns, tags=tags)
+            captions, characters, tags, variants = _script(sequence, keyframes.shape[0])
+            sheet = render_sheet(keyframes, captions, characters, title=title, columns=columns, tags=tags,
+                                 variants=variants)
             output_dir = folder_paths.get_output_directory()
             folder, stem, subfolder = _split_prefix(filename_prefix, output_dir, sheet.width, sheet.height)
             png_path, _ = save_sheet_files(sheet, folder, stem, pdf=save_pdf, root=output_dir,

@@ -5,8 +5,8 @@ import hashlib
 import os
 
 import folder_paths
-from comfy_api.v0_0_2 import io, ui
 
+from ..dreamshot.comfy_bridge.compat import io, ui
 from ..dreamshot.errors import DreamShotInputError
 from ..dreamshot.modes import parse_shot_list
 from ..dreamshot.story_file import (Story, list_story_files, parse_settings_text, read_story, story_files_used,

@@ -1,10 +1,17 @@
 """Character Reference and Shot Script: the story's cast and its shots, chained into lists."""
 
+import logging
+
 from ..dreamshot.comfy_bridge.compat import io
 from ..dreamshot.errors import DreamShotInputError
-from ..dreamshot.story import Character, Shot, parse_boxes, parse_character_names
+from ..dreamshot.mask_meaning import MASK_MEANINGS, character_mask
+from ..dreamshot.seeds import MAX_SEED
+from ..dreamshot.story import REFERENCE_KINDS, Character, Shot, parse_boxes, parse_character_names
 from .errors import reported_as
 from .types import CATEGORY, Characters, Shots
+
+
+log = logging.getLogger("DreamShot")
 
 
 class CharacterReference(io.ComfyNode):
@@ -16,8 +23,9 @@ class CharacterReference(io.ComfyNode):
             node_id="DreamShotCharacterReference",
             display_name=cls.DISPLAY,
             category=f"{CATEGORY}/conditioning",
-            description="One character: reference image(s), a name that shots refer to, and an optional "
-                        "mask and description. Chain several to build the cast.",
+            description="One reference of the cast: a character, or a scene reference (kind location or prop: "
+                        "a place or an object), with image(s), a name that shots list, and an optional mask and "
+                        "description. Chain several to build the cast.",
             is_experimental=True,
             inputs=[
                 io.Image.Input("image", tooltip="Reference image of the character; a batch gives several "
@@ -29,16 +37,29 @@ class CharacterReference(io.ComfyNode):
                                 tooltip="Optional caption of the reference (what the reference frame's tokens read "
                                         "in cross-attention). Empty: the reference reads no text."),
                 io.Mask.Input("mask", optional=True,
-                              tooltip="Optional mask of the character in the reference (1 = character), used by "
-                                      "role attention. Without it the whole reference counts."),
+                              tooltip="Optional mask of the character in the reference, used by role attention; "
+                                      "without it the whole reference counts. Both conventions are accepted, see "
+                                      "mask_meaning: Load Image's MASK of a cut-out PNG is 1 where the image is "
+                                      "transparent (the background), a mask painted in the mask editor is 1 on the "
+                                      "painted part."),
                 Characters.Input("characters", optional=True,
                                  tooltip="Characters defined before this one (chain Character References)."),
+                io.Combo.Input("kind", options=list(REFERENCE_KINDS), default=REFERENCE_KINDS[0], optional=True,
+                               tooltip="character: a person. location / prop: a place or an object, listed by shots "
+                                       "like a character; role attention treats it as a role of its own (a "
+                                       "location's shots give it their background), face metrics skip it."),
+                io.Combo.Input("mask_meaning", options=list(MASK_MEANINGS), default=MASK_MEANINGS[0], optional=True,
+                               tooltip="What 1 means in 'mask'. auto: 1 = background when the mask covers most of "
+                                       "the image border (Load Image's MASK of a cut-out) or is all 0 (an image "
+                                       "without transparency: the whole reference counts), else 1 = character. "
+                                       "Or say it: '1 = character' / '1 = background'."),
             ],
             outputs=[Characters.Output(display_name="characters")],
         )
 
     @classmethod
-    def execute(cls, image, name, description="", mask=None, characters=None) -> io.NodeOutput:
+    def execute(cls, image, name, description="", mask=None, characters=None, kind=REFERENCE_KINDS[0],
+                mask_meaning=MASK_MEANINGS[0]) -> io.NodeOutput:
         with reported_as(cls.DISPLAY):
             name = name.strip()
             if not name:
@@ -53,11 +74,17 @@ class CharacterReference(io.ComfyNode):
                     raise DreamShotInputError(
                         "mask", f"mask is {mask.shape[-1]}x{mask.shape[-2]} but the image is "
                         f"{image.shape[2]}x{image.shape[1]}.", "use the mask that belongs to this image.")
+                mask, inverted = character_mask(mask, mask_meaning)
+                if inverted and mask_meaning == "auto":
+                    log.info("DreamShot: the mask of %r covers most of the image border, so it is read as 1 = "
+                             "background (Load Image's MASK of a cut-out) and inverted.", name)
             previous = tuple(characters or ())
             if any(c.name == name for c in previous):
                 raise DreamShotInputError("name", f"a character named {name!r} is already in the chain.",
                                           "give each character a unique name.")
-            new = Character(name=name, images=image[..., :3], masks=mask, description=description.strip())
+            if kind not in REFERENCE_KINDS:
+                raise DreamShotInputError("kind", f"unknown kind {kind!r}.", f"use one of: {', '.join(REFERENCE_KINDS)}.")
+            new = Character(name=name, images=image[..., :3], masks=mask, description=description.strip(), kind=kind)
             return io.NodeOutput(previous + (new,))
 
 
@@ -87,14 +114,21 @@ class ShotScript(io.ComfyNode):
                                       "'characters' (a batch). Used by the RACL Attention Patch."),
                 io.String.Input("character_boxes", default="", optional=True,
                                 tooltip='Optional regional layout as boxes: "Mira: 0.05, 0.1, 0.45, 1; Theo: 0.5, '
-                                        '0.1, 0.95, 1" (x0, y0, x1, y1 as fractions of the shot, or pixels).'),
+                                        '0.1, 0.95, 1" (x0, y0, x1, y1 as fractions of the shot, or whole pixels). '
+                                        'A box reaching outside the frame is refused, not clipped.'),
+                io.String.Input("negative_prompt", multiline=True, default="", optional=True,
+                                tooltip="This shot's own negative prompt; empty = Shot Sequence Pack's."),
+                io.Int.Input("shot_seed", default=-1, min=-1, max=MAX_SEED, optional=True,
+                             tooltip="This shot's own initial-noise seed; -1 = derived from DreamShot Sampler's seed "
+                                     "and the shot's number. Change it to re-roll this shot alone: the other shots' "
+                                     "initial noise stays exactly the same."),
             ],
             outputs=[Shots.Output(display_name="shots")],
         )
 
     @classmethod
     def execute(cls, prompt, characters="", image=None, shots=None, character_masks=None,
-                character_boxes="") -> io.NodeOutput:
+                character_boxes="", negative_prompt="", shot_seed=-1) -> io.NodeOutput:
         with reported_as(cls.DISPLAY):
             if image is not None and image.shape[0] != 1:
                 raise DreamShotInputError("image", f"got a batch of {image.shape[0]} images for one shot.",
@@ -109,5 +143,6 @@ class ShotScript(io.ComfyNode):
                         "give one mask per name in 'characters', in the same order.")
                 regions += list(zip(names, masks))
             shot = Shot(prompt=prompt, characters=names, image=None if image is None else image[0, ..., :3],
-                        regions=tuple(regions))
+                        regions=tuple(regions), negative_prompt=(negative_prompt or "").strip(),
+                        seed=None if shot_seed is None or shot_seed < 0 else int(shot_seed))
             return io.NodeOutput(tuple(shots or ()) + (shot,))

@@ -108,7 +108,7 @@ SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False,
             "Comfy.Canvas.LeftMouseClickBehavior": "panning", "Comfy.Canvas.MouseWheelScroll": "zoom"}
 NODES2 = "Comfy.VueNodes.Enabled"
 INPUT_IMAGES = {"dreamshot_character_a.png": (200, 70, 60), "dreamshot_character_b.png": (60, 80, 200),
-                "dreamshot_first_shot.png": (70, 150, 80)}
+                "dreamshot_first_shot.png": (70, 150, 80), "dreamshot_location.png": (90, 90, 120)}
 # Where the frontend serves this pack's js/ from: a warning raised from there is ours.
 OUR_SCRIPTS = f"/extensions/{PACK_NAME}/"
 

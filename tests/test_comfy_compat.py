@@ -536,3 +536,28 @@ def test_a_story_patch_replaces_an_earlier_story_patch(tiny_wan_model):
     assert override.dreamshot_previous is None
     x, context = _inputs()
     torch.testing.assert_close(_forward(twice, x, context), _forward(once, x, context))
+
+
+# -- Wan's feed-forward as module calls (Shot LoRA on ffn.2) ---------------------------------------------
+def test_feed_forward_as_module_calls_reaches_a_bypassed_second_linear(comfy_headless):
+    """Newer WanFeedForward (comfy/ldm/wan/model.py @0c9a69ae) hands ffn.2 to comfy.ops.linear_input_act,
+    whose INT8 / fp16-accumulation kernels read its weight without calling it (comfy/ops.py @0271a469);
+    the stand-in does the same. The replacement gives the same output and calls ffn.2; on 0.3.64's
+    nn.Sequential it is the Sequential's own forward, bit for bit."""
+    import torch.nn.functional as F
+
+    from dreamshot.comfy_bridge.compat import feed_forward_as_module_calls
+
+    class WanFeedForwardStandIn(torch.nn.Sequential):
+        def forward(self, x):
+            return F.linear(self[1](self[0](x)), self[2].weight, self[2].bias)
+
+    layers = (torch.nn.Linear(4, 6), torch.nn.GELU(approximate="tanh"), torch.nn.Linear(6, 3))
+    x = torch.randn(2, 5, 4)
+    newer, pinned = WanFeedForwardStandIn(*layers), torch.nn.Sequential(*layers)
+    called = []
+    layers[2].register_forward_hook(lambda *args: called.append(True))
+    expected = newer(x)
+    assert not called
+    assert torch.equal(feed_forward_as_module_calls(newer)(x), expected) and called == [True]
+    assert torch.equal(feed_forward_as_module_calls(pinned)(x), pinned(x))

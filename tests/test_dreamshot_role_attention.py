@@ -77,7 +77,7 @@ def test_build_role_map_tokens_weights_and_groups():
     groups = rm.group_of_query()
     assert groups[:20].tolist() == [-1] * 20  # refs and the region-less shot 0
     assert groups[20:].tolist() == [1, 2] * 4
-    assert rm.unregioned_shot_tokens().tolist() == list(range(12, 20))
+    assert rm.unregioned_shots() == [0]
     with pytest.raises(DreamShotInputError):
         build_role_map(lay, shot_regions=[{5: right}, None])
 
@@ -106,10 +106,10 @@ def test_ref_shot_attention_matches_dense_and_has_gradients():
     k = _randn(2, 40, 3 * 8, seed=2).requires_grad_()
     rows, cols = torch.tensor([30, 5, 17, 39, 22]), torch.arange(0, 12)
     restricted, full = _dense_probs(q, k, 3, rows, cols)
-    got = ref_shot_attention(q, k, rows, cols, heads=3, chunk=2)
+    got = ref_shot_attention(q, k, rows, cols, heads=3, budget_bytes=1000)  # blocks of 2 rows
     torch.testing.assert_close(got, restricted, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got.sum(-1), torch.ones(2, 3, 5))
-    got_full = ref_shot_attention(q, k, rows, cols, heads=3, chunk=7, normalization="full")
+    got_full = ref_shot_attention(q, k, rows, cols, heads=3, normalization="full", budget_bytes=1)
     torch.testing.assert_close(got_full, full, rtol=1e-5, atol=1e-5)
     w = _randn(*got.shape, seed=3)
     gq, gk = torch.autograd.grad((got * w).sum() + (got_full * w).sum(), (q, k))
@@ -164,7 +164,7 @@ def test_racl_loss_matches_formula_on_dense_probs():
     for kind in ("mass", "log"):
         probs = ref_shot_attention(q, k, rows, keys, heads=4)
         expect = racl_from_probs(probs, key_char, qc, key_w, query_w, qr, kind=kind)
-        got = racl_loss(q, k, 4, rm, kind=kind, chunk=5)  # chunked + recomputed in backward
+        got = racl_loss(q, k, 4, rm, kind=kind, budget_bytes=20_000)  # blocks, recomputed in backward
         torch.testing.assert_close(got, expect)
         torch.testing.assert_close(torch.autograd.grad(got, q)[0], torch.autograd.grad(expect, q)[0])
     assert racl_loss(q, k, 4, rm, characters=[5]) == 0
@@ -296,29 +296,53 @@ class _LargestTensor(TorchDispatchMode):
 
 
 def test_patch_and_auto_regions_never_allocate_n_by_n():
-    n, p = 20000, 1000  # 2 refs of 1000 tokens, then 18000 shot tokens
+    n, p = 10000, 500  # 2 refs of 500 tokens, then 9000 shot tokens
     q, k, v = (_randn(1, n, 2 * 4, seed=10 + i) for i in range(3))
     refs = [torch.arange(0, p), torch.arange(p, 2 * p)]
     groups = torch.full((n,), -1)
     groups[2 * p:] = torch.arange(n - 2 * p) % 3  # background, A, B interleaved
-    with _LargestTensor() as rec:
+    budget = 2 ** 24  # bytes: 4.2M float32, 1/24 of N x N
+    with _LargestTensor() as masked:
         out = role_masked_self_attention(q, k, v, 2, groups, refs, 0.8)
-        auto = auto_regions(q, k, 2, torch.arange(2 * p, n), refs, chunk=1024, min_mass=0.05)
+    with _LargestTensor() as regions:
+        auto = auto_regions(q, k, 2, [torch.arange(2 * p, n)], [(0, 1)], refs, min_mass=0.05, budget_bytes=budget)
     assert out.shape == q.shape and torch.isfinite(out).all()
-    assert auto.shape == (n - 2 * p,)
-    assert rec.largest <= 2 * 1024 * n  # O(chunk x N) at most; N x N would be 4e8
-    assert rec.largest < n * n // 50
+    assert auto[0].shape == (n - 2 * p,)
+    assert masked.largest < n * n // 25  # N x N would be 1e8
+    assert regions.largest * 4 <= budget  # auto regions' logits stay within the byte budget given
 
 
-def test_auto_regions_pick_the_most_attended_reference():
+def test_auto_regions_pick_the_most_attended_reference_of_the_shots_cast():
     lay, rm = _two_char_story()
     q, k = _role_qk(lay, rm, swap=False)
-    shot = torch.arange(8, 12)
-    got = auto_regions(q, k, 2, shot, rm.ref_hard_tokens, chunk=3)
+    shot = [torch.arange(8, 12)]
+    (got,) = auto_regions(q, k, 2, shot, [(0, 1)], rm.ref_hard_tokens)
     assert got.tolist() == [1, 2, 1, 2]  # left half -> A (group 1), right half -> B (group 2)
+    # a shot that lists only B: every token is B's, whichever reference it reads; nobody listed: -1
+    assert auto_regions(q, k, 2, shot, [(1,)], rm.ref_hard_tokens)[0].tolist() == [2] * 4
+    assert auto_regions(q, k, 2, shot, [()], rm.ref_hard_tokens)[0].tolist() == [-1] * 4
     q[0, 8] = 0.0  # attends nowhere in particular: uniform over 12 keys -> 4/12 on each reference
-    assert auto_regions(q, k, 2, shot, rm.ref_hard_tokens, min_mass=0.5).tolist() == [-1, 2, 1, 2]
-    assert auto_regions(q, k, 2, shot, [torch.zeros(0, dtype=torch.long)] * 2).tolist() == [-1] * 4
+    assert auto_regions(q, k, 2, shot, [(0, 1)], rm.ref_hard_tokens, min_mass=0.5)[0].tolist() == [-1, 2, 1, 2]
+    assert auto_regions(q, k, 2, shot, [(0, 1)], [torch.zeros(0, dtype=torch.long)] * 2)[0].tolist() == [-1] * 4
+
+
+def test_auto_regions_choose_only_among_the_cast_and_from_the_chosen_batch_rows():
+    # 3 characters; the shot's tokens read character 1's reference most, but the shot lists 0 and 2
+    lay = StoryLayout(num_refs=3, num_shots=1, width=32, height=32)   # 4 tokens per frame
+    rm = build_role_map(lay)
+    n, d = lay.num_tokens, 4
+    k = torch.zeros(2, n, d)
+    for c in range(3):
+        k[:, rm.ref_tokens[c], c] = 10.0
+    q = torch.zeros(2, n, d)
+    q[0, 12:16, 1] = 1.0
+    q[0, 12:14, 0] = 0.5     # then character 0 (tokens 12, 13)
+    q[0, 14:16, 2] = 0.5     # then character 2 (tokens 14, 15)
+    q[1, 12:16, 2] = 1.0     # batch row 1 (the negative prompt, say) reads character 2 everywhere
+    shot = [torch.arange(12, 16)]
+    assert auto_regions(q, k, 1, shot, [(0, 1, 2)], rm.ref_hard_tokens, batch=slice(0, 1))[0].tolist() == [2] * 4
+    assert auto_regions(q, k, 1, shot, [(0, 2)], rm.ref_hard_tokens, batch=slice(0, 1))[0].tolist() == [1, 1, 3, 3]
+    assert auto_regions(q, k, 1, shot, [(0, 2)], rm.ref_hard_tokens, batch=slice(1, 2))[0].tolist() == [3] * 4
 
 
 def test_group_key_bias_targets():
@@ -344,4 +368,4 @@ def test_full_logsumexp_matches_dense():
     bias[:5] = -2.0
     logits = (q.view(1, 30, 2, 4).transpose(1, 2) @ k.view(1, 30, 2, 4).transpose(1, 2).transpose(-1, -2)) / 2.0
     expect = torch.logsumexp(logits[:, :, rows] + bias, dim=-1)
-    torch.testing.assert_close(full_logsumexp(q, k, rows, 2, chunk=7, key_bias=bias), expect)
+    torch.testing.assert_close(full_logsumexp(q, k, rows, 2, key_bias=bias, budget_bytes=300), expect)

@@ -417,3 +417,19 @@ def test_node_sanitises_the_file_name_and_checks_the_shot_count(comfy_pack, outp
     with pytest.raises(errors.DreamShotInputError, match="2 keyframe\\(s\\) but the sequence has 3 shot"):
         run_node(sheet_node.StoryboardSheet, keyframes=torch.rand(2, 32, 32, 3), sequence=fake_sequence(story),
                  title="t", columns=0, filename_prefix="x", save_pdf=False)
+
+
+@pytest.mark.comfyui
+def test_node_lays_variants_out_as_rows(comfy_pack, output_dir):
+    """Two variants of a 3-shot story (DreamShot Sampler's variants: 6 keyframes, variant by variant)."""
+    sheet_node, story = comfy_pack[0], comfy_pack[1]
+    seq = fake_sequence(story)
+    keys = keyframes(6, 32, 32)
+    out = run_node(sheet_node.StoryboardSheet, keyframes=keys, sequence=seq, title="t", columns=0,
+                   filename_prefix="variants", save_pdf=False)
+    want = render_sheet(keys, [s.prompt for s in seq.plan.shots], [s.characters for s in seq.plan.shots], title="t",
+                        variants=2)
+    assert tuple(out.args[0].shape[1:3]) == (want.height, want.width)
+    one_row = render_sheet(keys[:3], [s.prompt for s in seq.plan.shots], [s.characters for s in seq.plan.shots],
+                           title="t")
+    assert want.width > one_row.width and want.height < 2 * one_row.height

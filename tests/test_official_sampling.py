@@ -226,5 +226,5 @@ def test_max_latent_frames_is_checked_per_pass(N, sampling, tiny_wan_model, cast
     assert calls == []
     with torch.inference_mode():   # passes of 2 refs + 2 shots, 1 ref + 3 shots, 0 refs + 2 shots: all <= 4
         images, _ = N.DreamShotSampler(model=m, sequence=seq, seed=1, steps=STEPS, cfg=1.0, sampler_name="euler",
-                                       scheduler="simple", chunk_size=2, context_shots=1)
+                                       scheduler="simple", ref_cfg=1.0, chunk_size=2, context_shots=1)
     assert images.shape[0] == 5 and len(calls) == 3 * STEPS

@@ -95,7 +95,7 @@ def test_tiny_dit_starts_as_a_velocity_model_that_passes_its_input_through(comfy
     from dreamshot.comfy_bridge import training as bridge
     from dreamshot.comfy_bridge.random_wan import random_wan_dit
     from dreamshot.proof.tiny_models import DIT_SIZE, write_dit
-    from dreamshot.train.atomic import atomic_save_safetensors
+    from dreamshot.atomic import atomic_save_safetensors
 
     write_dit(tmp_path / "dit.safetensors", 0)
     plain = random_wan_dit(DIT_SIZE["dim"], DIT_SIZE["ffn_dim"], DIT_SIZE["num_layers"], 0)
@@ -124,7 +124,7 @@ def test_merged_prior_predicts_what_the_base_with_its_trained_file_predicts(comf
     from dreamshot.comfy_bridge import training as bridge
     from dreamshot.comfy_bridge.lora import apply_lora
     from dreamshot.proof.tiny_models import merge_deltas, write_dit
-    from dreamshot.train.atomic import atomic_save_safetensors
+    from dreamshot.atomic import atomic_save_safetensors
 
     write_dit(tmp_path / "dit.safetensors", 0)
     base = safetensors.torch.load_file(str(tmp_path / "dit.safetensors"))

@@ -222,7 +222,10 @@ def test_sampling_folded_equals_unfolded(pack_module, tiny_wan_model, story):
             seen = list(batches)
             b = sampling.sample_story(model, unfolded, 5, STEPS, kw["cfg"], "euler", "simple",
                                       ref_cfg=kw.get("ref_cfg", 1.0))
-            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+            # float rounding only, amplified by 2 steps of cfg 2 (and ref_cfg 2): the largest difference
+            # measured was 6e-6 with cfg alone and 1.7e-5 / 1.9e-5 with ref_cfg (with / without the
+            # reference-CFG pass computed in row slices)
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=4e-5)
             # cond and uncond batched in one model call; ComfyUI puts the uncond chunk first here,
             # so the hook must read cond_or_uncond to give each chunk its bias
             assert (2, [1, 0]) in seen or (2, [0, 1]) in seen

@@ -233,23 +233,33 @@ def test_sigkill_while_training_then_resume_latest(data, tmp_path):
     assert not list((tmp_path / "out" / "checkpoints").glob(".tmp-*"))
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_two_process_gloo_run_keeps_ranks_identical(data, tmp_path, strategy):
-    cfg = write_config(tmp_path / "train.toml", data["models"], data["dataset"], data["cache"], tmp_path / "out",
-                       train={"steps": 3, "gradient_accumulation_steps": 2}, checkpoint={"every": 0},
-                       distributed={"strategy": strategy})
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--master_port", str(29500 + (os.getpid() + len(strategy)) % 1000),
-                          "-m", "dreamshot.train", "train", "--config", str(cfg)],
-                         cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-4000:]
-    assert "process 1 of 2" in run.stderr and "all 2 processes hold identical trainable weights" in run.stderr
-    assert ("FSDP sharded the DiT's 2 blocks over 2 processes" in run.stderr) == (strategy == "fsdp")
-    import safetensors.torch
+def test_two_process_gloo_runs_keep_ranks_identical_and_fsdp_reads_shards(data, tmp_path):
+    """DDP and FSDP, 2 processes each: ranks end identical; FSDP builds the DiT on meta and each process
+    reads only its shards from the memory-mapped file, and trains to the same losses as DDP (which
+    loads the whole DiT in each process)."""
+    losses = {}
+    for strategy in ("ddp", "fsdp"):
+        out = tmp_path / strategy
+        cfg = write_config(out / "train.toml", data["models"], data["dataset"], data["cache"], out / "out",
+                           train={"steps": 3, "gradient_accumulation_steps": 2}, checkpoint={"every": 0},
+                           distributed={"strategy": strategy}, logging={"log_every": 1, "progress": False})
+        run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                              "--master_port", str(29500 + (os.getpid() + len(strategy)) % 1000),
+                              "-m", "dreamshot.train", "train", "--config", str(cfg)],
+                             cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stderr[-4000:]
+        assert "process 1 of 2" in run.stderr and "all 2 processes hold identical trainable weights" in run.stderr
+        fsdp = strategy == "fsdp"
+        assert ("FSDP sharded the DiT's 2 blocks over 2 processes" in run.stderr) == fsdp
+        assert (run.stderr.count("built the DiT on the meta device and read this process's shards") == 2) == fsdp
+        import safetensors.torch
 
-    final = safetensors.torch.load_file(str(tmp_path / "out" / "dreamshot_lora.safetensors"))
-    ck = safetensors.torch.load_file(str(tmp_path / "out" / "checkpoints" / "checkpoint-3" / "lora.safetensors"))
-    assert final.keys() == ck.keys() and all(torch.equal(final[k], ck[k]) for k in final)
-    assert any(float(v.abs().max()) > 0 for k, v in final.items() if k.endswith("lora_up.weight"))
-    for r in (0, 1):
-        assert (tmp_path / "out" / "checkpoints" / "checkpoint-3" / f"rng_rank{r}.safetensors").is_file()
+        final = safetensors.torch.load_file(str(out / "out" / "dreamshot_lora.safetensors"))
+        ck = safetensors.torch.load_file(str(out / "out" / "checkpoints" / "checkpoint-3" / "lora.safetensors"))
+        assert final.keys() == ck.keys() and all(torch.equal(final[k], ck[k]) for k in final)
+        assert any(float(v.abs().max()) > 0 for k, v in final.items() if k.endswith("lora_up.weight"))
+        for r in (0, 1):
+            assert (out / "out" / "checkpoints" / "checkpoint-3" / f"rng_rank{r}.safetensors").is_file()
+        losses[strategy] = [json.loads(line)["loss"] for line in (out / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses["fsdp"]) == 3
+    assert losses["fsdp"] == pytest.approx(losses["ddp"], rel=1e-5)

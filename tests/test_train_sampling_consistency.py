@@ -54,6 +54,11 @@ def test_full_finetune_modules_are_checked(tmp_path):
         load_config(path).validate()
 
 
+def _unseeded_shots(layout):
+    """Shots with no seed of their own: every shot's noise is derived from the sampler seed."""
+    return [SimpleNamespace(seed=None)] * layout.num_shots
+
+
 def _sampler_prediction(model, sample, mask, x_t, sigma: float, seed: int):
     """The denoised latent that sample_story's sampler sees at ``sigma`` for ``x_t`` (the stock
     euler swapped for a probe that calls the inpainting-wrapped model once), plus what the
@@ -63,7 +68,8 @@ def _sampler_prediction(model, sample, mask, x_t, sigma: float, seed: int):
     from dreamshot.comfy_bridge.sampling import sample_story
 
     lay = sample.layout
-    seq = SimpleNamespace(layout=lay, plan=SimpleNamespace(frame_segments=list(sample.frame_segments)),
+    seq = SimpleNamespace(layout=lay, plan=SimpleNamespace(frame_segments=list(sample.frame_segments),
+                                                           shots=_unseeded_shots(lay)),
                           num_segments=sample.num_segments, segment_length=sample.segment_length,
                           latent=sample.latent, positive=sample.context, negative=sample.context,
                           denoise_mask=lambda: mask.clone())
@@ -85,7 +91,6 @@ def _sampler_prediction(model, sample, mask, x_t, sigma: float, seed: int):
 
 @pytest.mark.parametrize("mode", ["reference_to_shot", "text_to_shot", "shot_to_shot"])
 def test_sampler_prediction_equals_trainer_prediction(trained, mode):
-    import comfy.sample
     from comfy_extras.nodes_model_advanced import ModelSamplingSD3
 
     from dreamshot.comfy_bridge import training as bridge
@@ -114,7 +119,11 @@ def test_sampler_prediction_equals_trainer_prediction(trained, mode):
     # The sampler's own start: clean frames are the clean latent and noised frames follow the
     # trainer's x_sigma = sigma * noise + (1 - sigma) * x0 at its first sigma.
     s0 = float(got["sigmas"][0])
-    noise = comfy.sample.prepare_noise(batch.sample.latent, seed)
+    from dreamshot.comfy_bridge.sampling import initial_noise
+
+    lay = batch.sample.layout
+    noise = initial_noise(SimpleNamespace(layout=lay, plan=SimpleNamespace(shots=_unseeded_shots(lay))), seed,
+                          batch.sample.latent)
     torch.testing.assert_close(got["x"][:, :, noised],
                                noise_frames(batch.x0, noise, torch.tensor([s0]), noised)[:, :, noised])
 

@@ -278,7 +278,7 @@ def test_atomic_safetensors_saves_shared_tensors(tmp_path):
     """Two shots with the same caption share one cached encoding; safetensors alone refuses that."""
     import safetensors.torch
 
-    from dreamshot.train.atomic import atomic_save_safetensors
+    from dreamshot.atomic import atomic_save_safetensors
 
     t = torch.arange(6.0).view(2, 3)
     path = atomic_save_safetensors(tmp_path / "c.safetensors", {"text.shot.0": t, "text.shot.1": t, "x": t[0]})

@@ -12,14 +12,15 @@ the released files' key names (tests/support/official_loras.py).
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from support.build_workflows import (CHARACTER_A, CHARACTER_B, DISTILL_LORA, DIT, DIT_14B, FIRST_SHOT, RL_LORA, SFT_LORA,
-                                     STORY, TEXT_ENCODER, VAE, WORKFLOWS_BUILT)
+from support.build_workflows import (DISTILL_LORA, DIT, DIT_14B, INPUT_IMAGES, RL_LORA, SFT_LORA, STORY, TEXT_ENCODER,
+                                     VAE, WORKFLOWS_BUILT)
 from support.official_loras import distill_lora, released_lora
 from support.server import ComfyServer, PromptFailed, PromptRejected, make_base_dir
 from support.workflow_api import ui_to_api
@@ -33,7 +34,7 @@ WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
 def server(tmp_path_factory, tiny_models_dir, comfy_root):
     base = tmp_path_factory.mktemp("comfy_base")
     inputs = {}
-    for i, name in enumerate((CHARACTER_A, CHARACTER_B, FIRST_SHOT)):
+    for i, name in enumerate(INPUT_IMAGES):
         path = base / f"src_{name}"
         rng = np.random.default_rng(i)
         Image.fromarray(rng.integers(0, 255, (96, 80, 3), dtype=np.uint8)).save(path)
@@ -153,3 +154,65 @@ def test_pack_refuses_a_wrong_link_on_a_numbered_socket(server, socket, source_t
     prompt[pack]["inputs"][socket] = [source, 0]
     with pytest.raises(PromptFailed, match=rf"Shot Sequence Pack: input '{socket}': {needle}\. Fix: connect only"):
         server.wait(server.queue(prompt), timeout=300)
+
+
+CAST6 = ("Ayla", "Ben", "Cora", "Dev", "Eli", "Fay")
+SHOTS12 = [("Ayla and Ben meet at the market", "Ayla, Ben", "Ayla: 0, 0, 0.5, 1; Ben: 0.5, 0, 1, 1"),
+           ("Ayla buys bread", "Ayla", ""), ("Ben shows Cora a map", "Ben, Cora", ""), ("Cora studies the map", "Cora", ""),
+           ("Ayla and Cora walk to the gate", "Ayla, Cora", "Ayla: 0, 0, 0.5, 1; Cora: 0.5, 0, 1, 1"),
+           ("Ben alone on the bridge", "Ben", ""),
+           ("Dev and Eli load a cart", "Dev, Eli", "Dev: 0, 0, 0.5, 1; Eli: 0.5, 0, 1, 1"), ("Eli waves", "Eli", ""),
+           ("Fay stops Dev on the road", "Fay, Dev", ""), ("everyone gathers at the inn", ", ".join(CAST6), ""),
+           ("Dev and Fay dance", "Dev, Fay", ""), ("Eli alone at the window", "Eli", "")]
+
+
+def test_six_characters_twelve_shots_in_chunks_with_the_racl_patch(server):
+    """More characters than one pass needs: 6 characters, 12 shots, 6 shots per pass (the official
+    chunk) with 1 context shot, the RACL patch on every block; each pass packs only its own shots'
+    cast (the sampler logs every pass with its references). 32x32, one step: the full-size random VAE
+    is most of the cost."""
+    p = {"1": {"class_type": "UNETLoader", "inputs": {"unet_name": DIT, "weight_dtype": "default"}},
+         "2": {"class_type": "LoadDreamShotModel", "inputs": {
+             "model": ["1", 0], "lora_name": "None", "strength": 1.0, "lora_2_name": "None", "lora_2_strength": 1.0,
+             "distill_lora_name": "None", "distill_lora_strength": 1.0}},
+         "3": {"class_type": "DreamShotRACLAttentionPatch", "inputs": {
+             "model": ["2", 0], "strength": 1.0, "start_percent": 0.0, "end_percent": 1.0, "layers": "all",
+             "auto_regions": True}},
+         "4": {"class_type": "DreamShotTestTinyUMT5Loader", "inputs": {"clip_name": TEXT_ENCODER, "type": "wan",
+                                                                      "device": "default"}},
+         "5": {"class_type": "VAELoader", "inputs": {"vae_name": VAE}}}
+    images = []
+    for i, name in enumerate(INPUT_IMAGES):
+        p[f"1{i}"] = {"class_type": "LoadImage", "inputs": {"image": name}}
+        images.append([f"1{i}", 0])
+    for i in range(2):      # six different pictures from the four files
+        p[f"2{i}"] = {"class_type": "ImageInvert", "inputs": {"image": images[i]}}
+        images.append([f"2{i}", 0])
+    prev = None
+    for i, name in enumerate(CAST6):
+        p[f"3{i}"] = {"class_type": "DreamShotCharacterReference", "inputs": {
+            "image": images[i], "name": name, "description": f"{name}, a traveller", **({"characters": prev} if prev else {})}}
+        prev = [f"3{i}", 0]
+    cast, prev = prev, None
+    for j, (prompt, who, boxes) in enumerate(SHOTS12):
+        p[f"4{j:02d}"] = {"class_type": "DreamShotShotScript", "inputs": {
+            "prompt": prompt, "characters": who, "character_boxes": boxes, **({"shots": prev} if prev else {})}}
+        prev = [f"4{j:02d}", 0]
+    p["50"] = {"class_type": "DreamShotShotSequencePack", "inputs": {
+        "vae": ["5", 0], "clip": ["4", 0], "shots": prev, "characters": cast, "width": 32, "height": 32,
+        "mode": "reference_to_shot", "negative_prompt": "", "repeat": 4, "fit": "pad_white", "max_latent_frames": 21}}
+    p["51"] = {"class_type": "DreamShotSampler", "inputs": {
+        "model": ["3", 0], "sequence": ["50", 0], "seed": 1, "steps": 1, "cfg": 1.0, "sampler_name": "euler",
+        "scheduler": "simple", "ref_cfg": 1.0, "chunk_size": 6, "context_shots": 1}}
+    p["52"] = {"class_type": "SaveImage", "inputs": {"images": ["51", 0], "filename_prefix": "DreamShot/six"}}
+    start = server.log_path.stat().st_size
+    entry = server.wait(server.queue(p), timeout=900)
+    saved = _images(server, entry, "SaveImage", p)["52"]
+    assert len(saved) == 12 and all(im.shape == (32, 32, 3) for im in saved)
+    with open(server.log_path, "rb") as f:
+        f.seek(start)
+        passes = re.findall(r"pass (\d)/2: shots (\d+)-(\d+), (\d) context shot\(s\), references: ([^(]+) \((\d+) latent",
+                            f.read().decode(errors="replace"))
+    assert [(int(a), int(b), int(c), int(d), refs.strip(), int(n)) for a, b, c, d, refs, n in passes] == [
+        (1, 1, 6, 0, "Ayla, Ben, Cora", 3 + 6),              # the first pass packs only its own three
+        (2, 7, 12, 1, ", ".join(CAST6), 6 + 1 + 6)]

@@ -1,59 +1,187 @@
-"""Timing and peak-memory measurement, the same way for every case of one run."""
+"""Timing, peak memory and SDPA kernels, measured the same way for every case of one run.
+
+Peak memory is what the allocator hands out during the call, above what was allocated before it:
+``torch.cuda.max_memory_allocated`` on a GPU; on CPU the running total of the CPU allocator, which
+PyTorch's profiler records at every allocation and free (``profile_memory``). Both count everything
+an op allocates: outputs, temporaries, kernel workspaces, tensors autograd saves. (An earlier probe
+here counted only the outputs that ops returned, so a kernel's own workspace went unseen.)
+"""
 
 from __future__ import annotations
 
+import math
 import time
-import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
+from torch.utils._pytree import tree_flatten, tree_unflatten
+
+# aten ops PyTorch's scaled_dot_product_attention dispatches to, by the kernel they run.
+SDPA_KERNELS = {
+    "aten::_scaled_dot_product_flash_attention": "flash",
+    "aten::_scaled_dot_product_flash_attention_for_cpu": "flash (cpu)",
+    "aten::_scaled_dot_product_efficient_attention": "efficient",
+    "aten::_scaled_dot_product_cudnn_attention": "cudnn",
+    "aten::_scaled_dot_product_attention_math": "math",
+    "aten::_scaled_dot_product_fused_attention_overrideable": "fused (other backend)",
+}
 
 
-class _LiveTensorBytes(TorchDispatchMode):
-    """CPU stand-in for torch.cuda.max_memory_allocated: bytes of live op outputs, at their peak."""
+def _walk(events):
+    for e in events:
+        yield e
+        yield from _walk(e.children)
+
+
+def _profile(fn, memory: bool):
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=memory) as prof:
+        fn()
+    return list(_walk(prof.profiler.kineto_results.experimental_event_tree()))
+
+
+def _cpu_peak(events) -> int:
+    from torch._C._profiler import _EventType
+
+    allocs = sorted((e for e in events if e.tag == _EventType.Allocation and e.extra_fields.device.type == "cpu"),
+                    key=lambda e: e.start_time_ns)
+    if not allocs:
+        return 0
+    # The running total also holds blocks still alive from earlier profiled calls: start from the
+    # total just before this call's first event.
+    first = allocs[0].extra_fields
+    start = first.total_allocated - first.alloc_size
+    return max(0, max(e.extra_fields.total_allocated for e in allocs) - start)
+
+
+def _kernels(events) -> list[str]:
+    names = {e.name for e in events}
+    return sorted({kernel for op, kernel in SDPA_KERNELS.items() if op in names})
+
+
+def cpu_peak_bytes(fn) -> int:
+    """Peak of the CPU allocator's running total during ``fn()``, relative to its start."""
+    return _cpu_peak(_profile(fn, memory=True))
+
+
+def peak_bytes(fn, device: torch.device) -> int:
+    """Peak bytes allocated during ``fn()`` beyond those allocated before it."""
+    return _peaks(fn, device)[0]
+
+
+def _peaks(fn, device: torch.device) -> tuple[int, int]:
+    """(peak above the start, the allocator's own peak: torch.cuda.max_memory_allocated on a GPU)."""
+    if device.type != "cuda":
+        peak = cpu_peak_bytes(fn)
+        return peak, peak
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    total = torch.cuda.max_memory_allocated()
+    return total - base, total
+
+
+def sdpa_kernels(fn) -> list[str]:
+    """The SDPA kernels ``fn()`` ran (flash / efficient / cudnn / math), from the profiler's op names;
+    an empty list when it called no PyTorch SDPA (e.g. a ComfyUI sage or xformers backend)."""
+    return _kernels(_profile(fn, memory=False))
+
+
+class ShapeOnly(TorchDispatchMode):
+    """Every op allocates exactly what it would, but floating-point results are left uncomputed.
+
+    Shape accounting for memory at full model size on a CPU: an op whose results are all floating
+    point gets its outputs from its meta kernel (shapes, strides, dtypes: the same allocations as the
+    real kernel, outside the kernels' own workspaces) as empty tensors on the real device; in-place
+    and ``out=`` ops return their target untouched. Views, integer and boolean ops (token indices,
+    group ids, masks: what control flow depends on) and ops without a meta kernel run for real. Values
+    are garbage, so only memory is meaningful; tests/test_dreamshot_memory.py checks it against real
+    runs of every op.
+    """
 
     def __init__(self):
         super().__init__()
-        self.live = 0
-        self.peak = 0
-        self._seen: set[int] = set()
-
-    def _free(self, ptr: int, nbytes: int) -> None:
-        self.live -= nbytes
-        self._seen.discard(ptr)
+        self._plans: dict = {}   # the meta kernel's answer per op and argument shapes (blocks repeat)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        # Views and in-place results share an input's storage: not a new allocation (counting them
-        # would charge the caller's own inputs to whichever op first viewed them).
-        inputs = {t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0]
-                  if isinstance(t, torch.Tensor) and t.device.type != "meta"}
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor) and t.device.type != "meta":
-                ptr = t.untyped_storage().data_ptr()
-                if ptr and ptr not in self._seen and ptr not in inputs:
-                    nbytes = t.untyped_storage().nbytes()
-                    self._seen.add(ptr)
-                    self.live += nbytes
-                    self.peak = max(self.peak, self.live)
-                    weakref.finalize(t, self._free, ptr, nbytes)
-        return out
+        kwargs = kwargs or {}
+        flat, spec = tree_flatten((args, kwargs))
+        key = (func, spec, tuple(_signature(x) for x in flat))
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = _plan(func, flat, spec)
+        if plan == "real":
+            return func(*args, **kwargs)
+        if plan == "target":   # in place / out=: the target, untouched
+            return kwargs["out"] if "out" in kwargs else args[0]
+        out_spec, metas = plan
+        devices = {t.device for t in flat if isinstance(t, torch.Tensor)}
+        device = next(iter(devices)) if len(devices) == 1 else kwargs.get("device") or torch.device("cpu")
+        return tree_unflatten([torch.empty_strided(shape, stride, dtype=dtype, device=device)
+                               for shape, stride, dtype in metas], out_spec)
+
+
+def _signature(x):
+    if isinstance(x, torch.Tensor):
+        return (tuple(x.shape), x.stride(), x.dtype, x.device.type)
+    try:
+        hash(x)
+        return x
+    except TypeError:
+        return repr(x)
+
+
+def _plan(func, flat, spec):
+    """"real" (run it), "target" (skip an in-place / out= op) or (output spec, [(shape, stride, dtype)])."""
+    aliased = [r.alias_info for r in func._schema.returns if r.alias_info is not None]
+    if (aliased and not any(a.is_write for a in aliased)) or func in _UNANNOTATED_VIEWS:
+        return "real"   # a view
+    try:
+        meta_args, meta_kwargs = tree_unflatten([_to_meta(x) for x in flat], spec)
+        out = func(*meta_args, **meta_kwargs)
+    except Exception:  # data-dependent shapes, no meta kernel
+        return "real"
+    leaves, out_spec = tree_flatten(out)
+    if not leaves or not all(isinstance(t, torch.Tensor) and (t.dtype.is_floating_point or t.dtype.is_complex)
+                             for t in leaves):
+        return "real"
+    if aliased:
+        return "target"
+    return out_spec, [(t.shape, t.stride(), t.dtype) for t in leaves]
+
+
+# Views whose schema does not say so (reshape and matmul return their results through them).
+_UNANNOTATED_VIEWS = {torch.ops.aten._unsafe_view.default, torch.ops.aten._reshape_alias.default}
+
+
+def _to_meta(x):
+    if isinstance(x, torch.Tensor):
+        return torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device="meta")
+    if isinstance(x, torch.device):
+        return torch.device("meta")
+    return x
 
 
 @dataclass
 class Measurement:
     seconds: float
-    peak_bytes: int
+    peak_bytes: int           # above what was allocated before the call
+    kernels: list[str] = field(default_factory=list)
+    total_bytes: int = 0      # GPU: torch.cuda.max_memory_allocated itself (weights included); CPU: peak_bytes
 
 
-def measure(fn, device: torch.device, repeats: int = 3, warmup: int = 1) -> Measurement:
-    """Best-of-``repeats`` wall time and the peak memory of one call."""
+def measure(fn, device: torch.device, repeats: int = 3, warmup: int = 1, kernels: bool = False) -> Measurement:
+    """Best-of-``repeats`` wall time (at least one timed call), the peak memory of one call and,
+    with ``kernels``, the SDPA kernels it ran."""
     for _ in range(warmup):
         fn()
     best = float("inf")
-    for _ in range(repeats):
+    for _ in range(max(1, repeats)):
         if device.type == "cuda":
             torch.cuda.synchronize()
         t = time.perf_counter()
@@ -62,14 +190,14 @@ def measure(fn, device: torch.device, repeats: int = 3, warmup: int = 1) -> Meas
             torch.cuda.synchronize()
         best = min(best, time.perf_counter() - t)
     if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        fn()
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated() - base
-    else:
-        with _LiveTensorBytes() as mode:
-            fn()
-        peak = mode.peak
-    return Measurement(best, peak)
+        peak, total = _peaks(fn, device)
+        return Measurement(best, peak, sdpa_kernels(fn) if kernels else [], total)
+    m = profile_cpu(fn)
+    return Measurement(best, m.peak_bytes, m.kernels if kernels else [], m.peak_bytes)
+
+
+def profile_cpu(fn) -> Measurement:
+    """Peak CPU memory and SDPA kernels of one call of ``fn`` (one profiled call gives both); no time."""
+    events = _profile(fn, memory=True)
+    peak = _cpu_peak(events)
+    return Measurement(math.nan, peak, _kernels(events), peak)

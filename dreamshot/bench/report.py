@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from PIL import Image, ImageDraw, ImageFont
 
 
@@ -9,7 +11,10 @@ def markdown_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str
     """columns: (key, header, format spec)."""
     head = "| " + " | ".join(h for _, h, _ in columns) + " |"
     sep = "|" + "|".join("---" for _ in columns) + "|"
-    body = ["| " + " | ".join(format(r[k], f) for k, _, f in columns) + " |" for r in rows]
+    def cell(value, spec):  # NaN: not measured (e.g. no time under shape accounting)
+        return "-" if isinstance(value, float) and math.isnan(value) else format(value, spec)
+
+    body = ["| " + " | ".join(cell(r[k], f) for k, _, f in columns) + " |" for r in rows]
     return "\n".join([head, sep, *body])
 
 

@@ -25,8 +25,11 @@ def _prompt(seed: int) -> torch.Tensor:
 
 
 def _sequence(shots: int, refs: int, width: int, height: int) -> StorySequence:
+    """S shots that each list every character (K characters, one reference each): the RACL patch's
+    auto regions then choose among K characters in every shot, its most expensive case."""
     chars = [Character(f"c{i}", torch.rand(1, height, width, 3)) for i in range(refs)]
-    plan = plan_story(chars, [Shot(f"shot {j}") for j in range(shots)], width, height,
+    cast = tuple(c.name for c in chars)
+    plan = plan_story(chars, [Shot(f"shot {j}", characters=cast) for j in range(shots)], width, height,
                       mode="reference_to_shot" if refs else "text_to_shot")
     lay = plan.layout
     latent = torch.randn(1, 16, lay.num_latent_frames, lay.latent_height, lay.latent_width,
@@ -39,28 +42,45 @@ def _sequence(shots: int, refs: int, width: int, height: int) -> StorySequence:
                          negative_zero_rows=text.negative_zero_rows)
 
 
-def bench_sampler(model, shots: int, refs: int, width: int, height: int, steps: int, device, repeats=2) -> dict:
+def bench_variants(model, shots: int, refs: int, width: int, height: int, steps: int, device, repeats=2,
+                   warmup=1) -> list[dict]:
+    """Stock sampling (comfy.sample.sample, what KSampler runs; one prompt, the same latent frames)
+    against DreamShot Sampler, DreamShot Sampler with reference CFG 2, and DreamShot Sampler on a model
+    through the RACL Attention Patch (default settings: strength 1, every block, auto regions): time
+    per step and peak memory (on a GPU torch.cuda.max_memory_allocated, also as a total)."""
     import comfy.sample
 
+    from ..comfy_bridge.role_patch import RoleAttentionConfig, with_role_attention
     from ..comfy_bridge.sampling import sample_story
 
     seq = _sequence(shots, refs, width, height)
     latent = seq.latent
     stock_pos, stock_neg = [[_prompt(2), {}]], [[_prompt(NEGATIVE_SEED), {}]]
     noise = comfy.sample.prepare_noise(latent, 0)
+    racl_model = with_role_attention(model, RoleAttentionConfig())
 
     def stock():
         comfy.sample.sample(model, noise, steps, 5.0, "euler", "simple", stock_pos, stock_neg, latent,
                             disable_pbar=True, seed=0)
 
-    def dreamshot():
-        sample_story(model, seq, 0, steps, 5.0, "euler", "simple")
+    def story(m, ref_cfg=1.0):
+        return lambda: sample_story(m, seq, 0, steps, 5.0, "euler", "simple", ref_cfg=ref_cfg)
 
+    cases = [("stock KSampler", stock), ("DreamShot Sampler", story(model)),
+             ("DreamShot Sampler + reference CFG 2", story(model, 2.0)),
+             ("DreamShot Sampler + RACL Attention Patch", story(racl_model))]
+    rows = []
     with torch.inference_mode():
-        s = measure(stock, device, repeats)
-        d = measure(dreamshot, device, repeats)
-    return {"shots": shots, "refs": refs, "latent_frames": latent.shape[2], "stock_s": s.seconds,
-            "dreamshot_s": d.seconds, "time_ratio": d.seconds / s.seconds, "mem_ratio": d.peak_bytes / s.peak_bytes}
+        for name, fn in cases:
+            m = measure(fn, device, repeats, warmup)
+            rows.append({"variant": name, "shots": shots, "refs": refs, "latent_frames": latent.shape[2],
+                         "step_s": m.seconds / steps, "peak_mib": m.peak_bytes / 2 ** 20,
+                         "total_mib": m.total_bytes / 2 ** 20})
+    for r in rows:
+        r["time_ratio"] = r["step_s"] / rows[0]["step_s"]
+        r["mem_ratio"] = r["peak_mib"] / rows[0]["peak_mib"]
+        r["total_ratio"] = r["total_mib"] / rows[0]["total_mib"]
+    return rows
 
 
 def bench_keyframes_vs_dense(model, shots: int, refs: int, width: int, height: int, steps: int, device,

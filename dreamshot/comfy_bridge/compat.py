@@ -134,6 +134,20 @@ def attention_backend(func, previous):
     return chosen
 
 
+# -- the Wan DiT ----------------------------------------------------------------------------------
+def feed_forward_as_module_calls(ffn):
+    """A forward for Wan's feed-forward [Linear, GELU(tanh), Linear] that calls each layer as a module.
+
+    0.3.64's ``ffn`` is an nn.Sequential, whose forward is exactly this. Newer ComfyUI's WanFeedForward
+    (comfy/ldm/wan/model.py @0c9a69ae) hands the second Linear to ``comfy.ops.linear_input_act``, whose
+    INT8 and fp16-accumulation kernels read its weight without calling it (comfy/ops.py @0271a469);
+    a patch on that layer's ``forward`` (Shot LoRA) needs the call.
+    """
+    def forward(x):
+        return ffn[2](ffn[1](ffn[0](x)))
+    return forward
+
+
 # -- the Wan VAE ----------------------------------------------------------------------------------
 def causal_conv_spatial_padding(conv) -> tuple[int, int]:
     """(height, width) zero padding of a Wan VAE CausalConv3d.

@@ -5,10 +5,15 @@
   story has references; otherwise the stock sampler path runs unchanged.
 - Long stories: the shots are generated in chunks, each chunk seeing only the characters of its
   own shots as references and the last N keyframes generated so far as clean context shots.
+- Seeds: each shot's initial noise comes from its own seed (dreamshot.seeds), in whichever chunk it
+  is generated; variants are whole storyboards sampled one after the other in one run.
+- Preview: the previewer gets the pass's shots tiled into one frame (dreamshot.preview), not latent
+  frame 0 (a reference).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 
 import comfy.model_management
@@ -22,9 +27,14 @@ from ..errors import DreamShotInputError
 from ..guidance import two_scale_guidance
 from ..modes import Mode
 from ..packing import decode_keyframes, pack_latent, shot_latent
+from ..shot_lora import StoryPass
+from ..preview import shot_grid
+from ..seeds import shot_seeds, story_noise, variant_seed
 from ..story import Character, Shot, StorySequence, fold_chunk_text, plan_story, unfold_story
 from ..text_fold import context_segments
 from .wan_patches import NO_REFS_KEY, patch_for_story
+
+log = logging.getLogger("DreamShot")
 
 
 class TwoScaleGuider(comfy.samplers.CFGGuider):
@@ -55,33 +65,47 @@ class TwoScaleGuider(comfy.samplers.CFGGuider):
                                            uncond=negative if use_uncond else None)
 
 
-def _progress_callback(m, steps: int, offset: int = 0, total: int | None = None, progress=None):
+def _progress_callback(m, steps: int, offset: int = 0, total: int | None = None, progress=None, layout=None):
+    """Progress (and Cancel) over ``total`` steps; the preview shows the shots of ``layout`` tiled
+    (dreamshot.preview.shot_grid) instead of latent frame 0."""
     progress = progress or latent_preview.prepare_callback(m, total or steps)
 
     def callback(step, x0, x, total_steps):
         # The server's progress hook checks Cancel on every update; checking here too makes
         # Cancel work wherever the story is sampled.
         comfy.model_management.throw_exception_if_processing_interrupted()
+        if layout is not None and x0 is not None and x0.ndim == 5:
+            x0 = shot_grid(x0, layout)
         progress(offset + step, x0, x, total or total_steps)
     return callback
 
 
+def initial_noise(sequence, seed: int, like: torch.Tensor) -> torch.Tensor:
+    """The noise the sampler starts from: each shot's frames from its own seed (the shot's, else
+    derived from ``seed`` and its number), zeros on the clean references; shaped and typed ``like``."""
+    seeds = shot_seeds([shot.seed for shot in sequence.plan.shots], seed)
+    return story_noise(sequence.layout, seeds, like.shape[1], like.dtype)
+
+
 def sample_story(model, sequence, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str,
-                 denoise: float = 1.0, ref_cfg: float = 1.0, callback=None) -> torch.Tensor:
+                 denoise: float = 1.0, ref_cfg: float = 1.0, callback=None,
+                 story_pass: StoryPass | None = None) -> torch.Tensor:
     """Denoise the generated frames of ``sequence``; returns the full packed latent [1, C, F, h, w].
 
     Clean frames (references, kept shots) are copied back from the input afterwards: the sampler
     keeps them to ~1e-6, DreamShot promises them bit-exact. ``ref_cfg`` is ignored (1) when the
-    story has no references.
+    story has no references. ``seed`` seeds the shots without a seed of their own (initial_noise)
+    and the sampler's own noise (ancestral / SDE samplers). ``story_pass``: when ``sequence`` is one
+    chunk of a story, its shots' story indices (for Shot LoRAs).
     """
-    m = patch_for_story(model, sequence)
+    m = patch_for_story(model, sequence, story_pass)
     latent = sequence.latent
     latent_image = comfy.sample.fix_empty_latent_channels(m, latent)
-    noise = comfy.sample.prepare_noise(latent_image, seed)
+    noise = initial_noise(sequence, seed, latent_image)
     mask = sequence.denoise_mask()
     positive = [[sequence.positive, {}]]
     negative = [[sequence.negative, {}]]
-    callback = callback or _progress_callback(m, steps)
+    callback = callback or _progress_callback(m, steps, layout=sequence.layout)
     disable_pbar = not comfy.utils.PROGRESS_BAR_ENABLED
     if ref_cfg == 1.0 or sequence.layout.num_refs == 0:
         out = comfy.sample.sample(
@@ -163,11 +187,12 @@ def check_pass_budget(plan, chunks) -> None:
 
 
 def chunk_sequence(sequence: StorySequence, context: list[int], targets: list[int],
-                   keyframes: dict[int, torch.Tensor]) -> StorySequence:
+                   keyframes: dict[int, torch.Tensor], seeds: list[int] | None = None) -> StorySequence:
     """The story restricted to ``context`` (kept clean, as ``keyframes[j]``) + ``targets``.
 
     References: only the characters that appear in the target shots (story order). Prompt encodings
-    are the sequence's own segments, so no text encoder is needed.
+    are the sequence's own segments, so no text encoder is needed. ``seeds``: the story's shot seeds
+    (dreamshot.seeds.shot_seeds), so each shot keeps its initial noise in whichever chunk it is.
     """
     plan, lay = sequence.plan, sequence.layout
     n_shots = lay.num_shots
@@ -181,14 +206,16 @@ def chunk_sequence(sequence: StorySequence, context: list[int], targets: list[in
         characters.append(Character(
             name=plan.characters[c].name, images=torch.stack([plan.ref_images[i] for i in refs]),
             masks=None if any(mk is None for mk in masks) else torch.stack(masks),
-            description=plan.characters[c].description))
+            description=plan.characters[c].description, kind=plan.characters[c].kind))
 
     def shot(j, image):
         names = tuple(plan.characters[c].name for c in plan.shot_characters[j]
                       if plan.characters[c].name in cast_names)
         regions = tuple((plan.characters[c].name, spec) for c, spec in plan.shot_regions[j].items()
                         if plan.characters[c].name in cast_names)
-        return Shot(prompt=plan.shots[j].prompt, characters=names, image=image, regions=regions)
+        return Shot(prompt=plan.shots[j].prompt, characters=names, image=image, regions=regions,
+                    negative_prompt=plan.shots[j].negative_prompt,
+                    seed=seeds[j] if seeds is not None else plan.shots[j].seed)
 
     shots = [shot(j, keyframes[j]) for j in context]
     shots += [shot(j, plan.shot_images[j] if lay.clean_shots[j] else None) for j in targets]
@@ -199,6 +226,8 @@ def chunk_sequence(sequence: StorySequence, context: list[int], targets: list[in
         mode = Mode.REFERENCE_TO_SHOT if characters else Mode.TEXT_TO_SHOT
     sub = plan_story(characters, shots, lay.width, lay.height, repeat=lay.repeat, mode=mode,
                      fit="stretch", max_latent_frames=10 ** 6)
+    if plan.encode_images is not None:   # edit with the earlier storyboard: encode it whole (see StoryPlan)
+        sub.encode_images = [keyframes[j] for j in context] + [plan.encode_images[j] for j in targets]
 
     # Text: the sequence's segments, re-used (shots by index, captions by text).
     caption_index = {plan.prompts[i]: i for i in range(n_shots, len(plan.prompts))}
@@ -208,7 +237,7 @@ def chunk_sequence(sequence: StorySequence, context: list[int], targets: list[in
     all_neg = context_segments(sequence.negative, n, sequence.negative_zero_rows)
     pos = [all_pos[i] for i in ids]
     neg = [all_neg[i] if i < n_shots else all_pos[i] for i in ids]
-    latent = pack_latent(sequence.vae, sub.layout, sub.ref_images, sub.shot_images)
+    latent = pack_latent(sequence.vae, sub.layout, sub.ref_images, sub.images_to_encode())
     text = fold_chunk_text(pos, neg, sequence.segment_length, sub.layout.num_tokens)
     chunk = StorySequence(plan=sub, latent=latent, positive=text.positive, negative=text.negative,
                           segment_length=text.segment_length, vae=sequence.vae,
@@ -219,46 +248,76 @@ def chunk_sequence(sequence: StorySequence, context: list[int], targets: list[in
 def sample_long_story(model, sequence, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str,
                       ref_cfg: float = 1.0, chunk_size: int = 0, context_shots: int = 0,
                       on_chunk=None, done: dict[int, torch.Tensor] | None = None,
-                      on_keyframes=None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Keyframes [S, H, W, 3] and the shots' latent [1, C, S*T/4, h, w] of the whole story.
+                      on_keyframes=None, variants: int = 1) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Keyframes [V*S, H, W, 3] (variant-major) and the shots' latents [V, C, S*T/4, h, w] of the story.
 
     One chunk (chunk_size 0 or >= shots) is exactly ``sample_story`` on the sequence. Every chunk
-    uses the same seed, as the official runner does; one progress bar runs over all chunks.
-    ``on_chunk(chunk_sequence)`` is called before each chunk is sampled (tests, logging).
+    uses the same seed, as the official runner does, and every shot its own initial noise
+    (dreamshot.seeds); one progress bar runs over all chunks of all variants. Variant v is exactly
+    the run with seed + v (dreamshot.seeds.variant_seed). ``on_chunk(chunk_sequence)`` is called
+    before each chunk is sampled (tests, logging).
 
-    Resuming (the ViStoryBench runner): ``done`` holds keyframes already generated (shot index ->
-    [H, W, 3]); a chunk whose shots are all in it is skipped and they serve as context.
-    ``on_keyframes(targets, images)`` gets each chunk's new keyframes as soon as they exist and may
-    return replacements used from then on (e.g. the images as saved to 8-bit PNG, so that a
-    resumed run continues from exactly what an uninterrupted one would). When a chunk was skipped
-    as done the latent is None (skipped chunks have none).
+    Kept shots (edit / shot_to_shot) count as done: a chunk whose shots are all kept is skipped and
+    its shots serve as context. Resuming (the ViStoryBench runner): ``done`` holds keyframes already
+    generated (shot index -> [H, W, 3]), treated the same way. ``on_keyframes(targets, images)`` gets
+    each chunk's new keyframes as soon as they exist and may return replacements used from then on
+    (e.g. the images as saved to 8-bit PNG, so that a resumed run continues from exactly what an
+    uninterrupted one would). A chunk skipped because of ``done`` has no latent: then the latent is
+    None.
     """
-    chunks = plan_chunks(sequence.layout.num_shots, chunk_size, context_shots)
-    check_pass_budget(sequence.plan, chunks)
-    keyframes: dict[int, torch.Tensor] = dict(done or {})
-    todo = [(context, targets) for context, targets in chunks if not all(j in keyframes for j in targets)]
-    progress = latent_preview.prepare_callback(model, max(1, steps * len(todo)))
-    latents = []
-    for n, (context, targets) in enumerate(todo):
-        missing = [j for j in context if j not in keyframes]
-        if missing:  # only possible when a chunk before it was skipped as done but is incomplete
-            raise RuntimeError(f"context shots {missing} are neither done nor generated")
-        sub = chunk_sequence(sequence, context, targets, keyframes) if len(chunks) > 1 else sequence
-        if on_chunk:
-            on_chunk(sub)
-        if sub.layout.generated_shots:
-            callback = _progress_callback(model, steps, offset=n * steps, total=steps * len(todo), progress=progress)
-            latent = sample_story(model, sub, seed, steps, cfg, sampler_name, scheduler, ref_cfg=ref_cfg,
-                                  callback=callback)
-        else:
-            latent = sub.latent
-        images = keyframes_from_latent(sub, latent)[len(context):]
-        if on_keyframes is not None:
-            replaced = on_keyframes(targets, images)
-            images = images if replaced is None else replaced
-        for i, j in enumerate(targets):
-            keyframes[j] = images[i]
-        latents.append(shot_latent(sub.layout, latent)[:, :, len(context) * sub.layout.frames_per_shot:])
-    images = torch.stack([keyframes[j] for j in range(sequence.layout.num_shots)])
-    # Skipped (already done) chunks have no latent: then there is no whole-story latent either.
-    return images, torch.cat(latents, dim=2) if len(todo) == len(chunks) else None
+    if variants < 1:
+        raise DreamShotInputError("variants", f"variants must be at least 1, got {variants}.", "use 1 or more.")
+    plan, lay = sequence.plan, sequence.layout
+    chunks = plan_chunks(lay.num_shots, chunk_size, context_shots)
+    check_pass_budget(plan, chunks)
+    kept = {j: plan.shot_images[j] for j, clean in enumerate(lay.clean_shots) if clean}
+    given = {**kept, **(done or {})}
+    todo = [(context, targets) for context, targets in chunks if not all(j in given for j in targets)]
+    own = [shot.seed for shot in plan.shots]
+    if variants > 1 and all(own[j] is not None for j in lay.generated_shots):
+        log.warning("DreamShot: every generated shot has its own seed, so the %d variants start from the same "
+                    "noise (clear a Shot Script's seed to let variants differ).", variants)
+    total = max(1, steps * len(todo) * variants)
+    progress = latent_preview.prepare_callback(model, total)
+    images_out, latents_out = [], []
+    for v in range(variants):
+        run_seed = variant_seed(seed, v)
+        seeds = shot_seeds(own, run_seed)
+        keyframes: dict[int, torch.Tensor] = dict(given)
+        latents: list[torch.Tensor | None] = []
+        n = 0
+        for context, targets in chunks:
+            if all(j in given for j in targets):
+                # Skipped: its shots are kept (their latent is the sequence's) or done (no latent).
+                frames = [f - lay.num_refs for j in targets for f in lay.shot_frames(j)]
+                latents.append(shot_latent(lay, sequence.latent)[:, :, frames] if all(j in kept for j in targets)
+                               else None)
+                continue
+            missing = [j for j in context if j not in keyframes]
+            if missing:  # only possible when a chunk before it was skipped as done but is incomplete
+                raise RuntimeError(f"context shots {missing} are neither done nor generated")
+            sub = chunk_sequence(sequence, context, targets, keyframes, seeds) if len(chunks) > 1 else sequence
+            if len(chunks) > 1:
+                log.info("DreamShot: variant %d/%d, pass %d/%d: shots %d-%d, %d context shot(s), references: %s "
+                         "(%d latent frames)", v + 1, variants, n + 1, len(todo), targets[0] + 1, targets[-1] + 1,
+                         len(context), ", ".join(c.name for c in sub.plan.characters) or "none",
+                         sub.layout.num_latent_frames)
+            if on_chunk:
+                on_chunk(sub)
+            step0 = (v * len(todo) + n) * steps
+            n += 1
+            callback = _progress_callback(model, steps, offset=step0, total=total, progress=progress, layout=sub.layout)
+            latent = sample_story(model, sub, run_seed, steps, cfg, sampler_name, scheduler, ref_cfg=ref_cfg,
+                                  callback=callback, story_pass=StoryPass(plan, tuple(context + targets)))
+            images = keyframes_from_latent(sub, latent)[len(context):]
+            if on_keyframes is not None:
+                replaced = on_keyframes(targets, images)
+                images = images if replaced is None else replaced
+            for i, j in enumerate(targets):
+                keyframes[j] = images[i]
+            latents.append(shot_latent(sub.layout, latent)[:, :, len(context) * sub.layout.frames_per_shot:])
+        images_out.append(torch.stack([keyframes[j] for j in range(lay.num_shots)]))
+        latents_out.append(None if any(x is None for x in latents) else torch.cat(latents, dim=2))
+    images = torch.cat(images_out, dim=0)
+    # A chunk skipped as done has no latent: then there is no whole-story latent either.
+    return images, None if any(x is None for x in latents_out) else torch.cat(latents_out, dim=0)

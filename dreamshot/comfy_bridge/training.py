@@ -13,6 +13,8 @@
   timesteps, per-shot cross-attention) on a clone, plus training-only block replacements
   (gradient checkpointing, block index for RACL) and a self-attention hook
   that accumulates the RACL loss.
+- Memory options (``dreamshot.train`` config): ``store_fp8`` (frozen block linears in float8, cast per
+  layer by ComfyUI's ops), block swap and offloaded checkpointed block inputs (``StoryModel``).
 """
 
 from __future__ import annotations
@@ -62,6 +64,69 @@ def load_dit(path: str, dtype: str = "bf16"):
     return m
 
 
+_SAFETENSORS_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64,
+                       "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "I64": torch.int64,
+                       "I32": torch.int32, "U8": torch.uint8}
+
+
+def load_dit_on_meta(path: str, dtype: str = "bf16"):
+    """``load_dit``'s model with no weights read: ComfyUI's own detection and classes (what
+    comfy.sd.load_diffusion_model_state_dict does up to loading the weights), built on the meta device
+    from the file's header. ``fill_sharded`` then gives every process only its FSDP shards, read from
+    the memory-mapped file: the page cache holds the file once per machine, however many processes."""
+    import comfy.model_detection
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.utils
+
+    from ..train.estimate import read_header
+    from .wan_patches import check_wan21_t2v
+
+    _need_file("model.dit", path)
+    header = read_header(path)
+    sd = {k: torch.empty(v["shape"], dtype=_SAFETENSORS_DTYPES[v["dtype"]], device="meta") for k, v in header.items()}
+    prefix = comfy.model_detection.unet_prefix_from_state_dict(sd)
+    file_prefix = prefix if any(k.startswith(prefix) for k in header) else ""
+    sd = comfy.utils.state_dict_prefix_replace(sd, {prefix: ""}, filter_keys=True) or sd
+    config = comfy.model_detection.model_config_from_unet(sd, "")
+    if config is None:
+        raise RuntimeError(f"model.dit {path!r}: ComfyUI does not recognise this diffusion model")
+    load_device = mm.get_torch_device()
+    config.set_inference_dtype(DTYPES[dtype], mm.unet_manual_cast(DTYPES[dtype], load_device,
+                                                                  config.supported_inference_dtypes))
+    model = config.get_model(sd, "", device=torch.device("meta"))
+    m = comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=mm.unet_offload_device())
+    m.model.dreamshot_weights = (str(path), file_prefix)   # where fill_sharded reads them (clones share it)
+    check_wan21_t2v(m)
+    return m
+
+
+def fill_sharded(dm: torch.nn.Module, path: str, prefix: str, mesh) -> int:
+    """Fill the FSDP-sharded (DTensor) parameters of ``dm``, allocated with ``to_empty``, from the
+    safetensors file: each process reads one tensor at a time through the memory map and keeps only its
+    shard. Returns the bytes kept."""
+    from safetensors import safe_open
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    kept = 0
+    with safe_open(path, framework="pt", device="cpu") as f, torch.no_grad():
+        names = set(f.keys())
+        for name, param in dm.named_parameters():
+            key = prefix + name if prefix + name in names else name
+            if key not in names:
+                raise RuntimeError(f"model.dit {path!r} has no tensor {key!r}")
+            full = f.get_tensor(key).to(param.dtype)
+            if isinstance(param, DTensor):
+                shard = distribute_tensor(full, mesh, param.placements, src_data_rank=None)
+                param.copy_(shard.to(param.device_mesh.device_type))
+                kept += param.to_local().nbytes
+            else:
+                param.copy_(full)
+                kept += param.nbytes
+            del full
+    return kept
+
+
 def load_vae(path: str):
     import comfy.sd
     import comfy.utils
@@ -99,6 +164,62 @@ def describe_base_model(m, path: str = "") -> str:
     size = {1536: "1.3B", 5120: "14B"}.get(dm.dim, f"dim{dm.dim}-{len(dm.blocks)}blocks")
     name = Path(path).name if path else ""
     return f"wan2.1_t2v_{size}" + (f" ({name})" if name else "")
+
+
+# -- memory options --------------------------------------------------------------------------------
+def _cast_ops(module: torch.nn.Module):
+    """ComfyUI ops (Linear, norms, Conv) under ``module``: the layers ComfyUI can cast per use."""
+    for name, mod in module.named_modules():
+        if hasattr(mod, "comfy_cast_weights"):
+            yield name, mod
+
+
+def store_fp8(m, skip_blocks: Sequence[int] = (), dtype: torch.dtype = torch.float8_e4m3fn) -> int:
+    """Store the frozen Linear weights of the DiT blocks in ``dtype`` (float8_e4m3fn); returns the bytes saved.
+
+    Each such layer then runs ComfyUI's cast path (``comfy_cast_weights``: ``comfy.ops.cast_bias_weight``
+    casts the weight to the input's dtype and device per call), the path ComfyUI itself takes for a model
+    loaded with UNETLoader's weight_dtype fp8_e4m3fn. Unlike that loader, only the block linears are
+    rounded: biases, norms, modulation, embeddings, head and the blocks in ``skip_blocks`` (fully fine-tuned)
+    keep their dtype. A LoRA on such a layer adds ``lora(x)`` to ``F.linear(x, cast(W_fp8))``, so it
+    learns against the rounded weight; its file is the same LoRA file.
+    """
+    import comfy.ops
+
+    saved = 0
+    skip = set(skip_blocks)
+    for i, block in enumerate(m.model.diffusion_model.blocks):
+        if i in skip:
+            continue
+        for _, mod in _cast_ops(block):
+            if isinstance(mod, comfy.ops.disable_weight_init.Linear) and mod.weight.dtype != dtype:
+                before = mod.weight.nbytes
+                mod.weight = torch.nn.Parameter(mod.weight.detach().to(dtype), requires_grad=False)
+                mod.comfy_cast_weights = True
+                saved += before - mod.weight.nbytes
+    return saved
+
+
+def swapped_blocks(num_blocks: int, blocks_to_swap: int) -> range:
+    """The blocks that stay in CPU memory: the last ``blocks_to_swap`` (as musubi-tuner)."""
+    if not 0 <= blocks_to_swap <= num_blocks:
+        raise ValueError(f"train.blocks_to_swap = {blocks_to_swap}: this model has {num_blocks} blocks")
+    return range(num_blocks - blocks_to_swap, num_blocks)
+
+
+def _pin(t: torch.Tensor) -> torch.Tensor:
+    try:
+        return t.pin_memory()
+    except RuntimeError as e:   # pinned memory is page-locked host RAM, which can run out
+        log.warning("DreamShot: could not pin a swapped block's weights in host memory (%s); copies are slower", e)
+        return t
+
+
+def _to_host(t: torch.Tensor) -> torch.Tensor:
+    """A host copy of a checkpointed block input (always a copy, so on a CPU run it is still one)."""
+    from ..train.memory import host_resident
+
+    return host_resident(t.to("cpu", copy=True))
 
 
 # -- trainable adapters -----------------------------------------------------------------------
@@ -206,6 +327,11 @@ class TrainableAdapters(torch.nn.Module):
         return [(n, p) for n, p in self.named_parameters() if p.requires_grad]
 
 
+def _real(device: torch.device) -> torch.device:
+    """Where trainable tensors start: the weights' device, or the CPU for a model still on meta."""
+    return torch.device("cpu") if device.type == "meta" else device
+
+
 def _comfy_ops_modules(block: torch.nn.Module):
     for name, mod in block.named_modules():
         if hasattr(mod, "weight_function") and getattr(mod, "weight", None) is not None:
@@ -233,7 +359,7 @@ def attach_trainable(m, rank: int, alpha: float, targets: Sequence[str], lora_bl
             name = f"diffusion_model.blocks.{i}.{target}"
             module = comfy.utils.get_attr(m.model, name)
             out_f, in_f = module.weight.shape
-            lora = LoRALayer(in_f, out_f, rank, alpha, dropout, generator=gen).to(module.weight.device)
+            lora = LoRALayer(in_f, out_f, rank, alpha, dropout, generator=gen).to(_real(module.weight.device))
             key = _module_key(name)
             adapters.loras[key] = lora
             adapters.lora_modules[key] = name
@@ -250,7 +376,7 @@ def attach_trainable(m, rank: int, alpha: float, targets: Sequence[str], lora_bl
                 t = getattr(mod, attr, None)
                 if t is None:
                     continue
-                delta = torch.nn.Parameter(torch.zeros(t.shape, dtype=torch.float32, device=t.device))
+                delta = torch.nn.Parameter(torch.zeros(t.shape, dtype=torch.float32, device=_real(t.device)))
                 key = _module_key(base + suffix)
                 adapters.deltas[key] = delta
                 adapters.delta_keys[key] = base + suffix
@@ -265,8 +391,19 @@ def attach_trainable(m, rank: int, alpha: float, targets: Sequence[str], lora_bl
 class RACLCollector:
     """Self-attention hook: RACL on the chosen blocks' q/k, then the normal attention."""
 
-    def __init__(self, config):
+    def __init__(self, config, budget_bytes: int = 0):
         self.config = config          # dreamshot.role_attention.RACLConfig
+        # racl.budget_bytes: passed on only when set, so 0 keeps role_attention's own default
+        self.options = {"budget_bytes": int(budget_bytes)} if budget_bytes else {}
+        if budget_bytes:
+            import inspect
+
+            from ..role_attention import racl_loss
+            from ..train.config import ConfigError
+
+            if "budget_bytes" not in inspect.signature(racl_loss).parameters:
+                raise ConfigError("racl.budget_bytes: this version's role_attention.racl_loss has no byte budget "
+                                 "(it chunks by rows); leave racl.budget_bytes = 0")
         self.role_map = None
         self.armed = False
         self.losses: list[torch.Tensor] = []
@@ -288,24 +425,34 @@ class RACLCollector:
         block = (transformer_options or {}).get(BLOCK_KEY)
         if self.role_map is not None and self.role_map.regions and block is not None \
                 and self.config.uses_layer(block):
-            loss = racl_loss(q, k, heads, self.role_map, kind=self.config.kind, eps=self.config.eps)
+            loss = racl_loss(q, k, heads, self.role_map, kind=self.config.kind, eps=self.config.eps, **self.options)
             if self.armed:
                 self.losses.append(loss)
         return func(q, k, v, heads=heads, transformer_options=transformer_options, **kwargs)
 
 
-def _training_block(index: int, block: torch.nn.Module, grad_ckpt: bool):
+def _training_block(index: int, block: torch.nn.Module, grad_ckpt: bool, offload: bool = False):
     """patches_replace["dit"][("double_block", i)]: sets the block index (RACL) and checkpoints the
     block. It calls the block itself, never extra["original_block"]: that closure binds the forward
-    loop's *last* block by the time backward recomputes."""
+    loop's *last* block by the time backward recomputes.
+
+    ``offload``: the block's input, which checkpointing keeps for the recomputation, is kept as a host
+    copy and brought back to the device inside the checkpointed function (forward and recompute), so
+    the device holds no block input between forward and backward."""
     from .role_patch import BLOCK_KEY
 
     def run(img, vec, txt, pe, options):
         return block(img, e=vec, freqs=pe, context=txt, context_img_len=None, transformer_options=options)
 
+    def run_from_host(host, vec, txt, pe, options):
+        return run(host.to(vec.device, copy=True), vec, txt, pe, options)
+
     def replacement(args, extra):
         options = {**args["transformer_options"], BLOCK_KEY: index}
-        if grad_ckpt and torch.is_grad_enabled():
+        if grad_ckpt and torch.is_grad_enabled() and offload:
+            img = checkpoint(run_from_host, _to_host(args["img"]), args["vec"], args["txt"], args["pe"], options,
+                             use_reentrant=False)
+        elif grad_ckpt and torch.is_grad_enabled():
             img = checkpoint(run, args["img"], args["vec"], args["txt"], args["pe"], options, use_reentrant=False)
         else:
             img = run(args["img"], args["vec"], args["txt"], args["pe"], options)
@@ -322,7 +469,8 @@ class StoryModel:
     segment, and RACL is accumulated from the self-attention q/k of the chosen blocks.
     """
 
-    def __init__(self, model, adapters: TrainableAdapters, gradient_checkpointing: bool = True, racl=None):
+    def __init__(self, model, adapters: TrainableAdapters, gradient_checkpointing: bool = True, racl=None,
+                 offload_activations: bool = False, blocks_to_swap: int = 0, racl_budget_bytes: int = 0):
         from .compat import is_dynamic
         from .wan_patches import SELF_ATTENTION_HOOKS_KEY, _attention_override, _clean_frame_patches
 
@@ -339,12 +487,15 @@ class StoryModel:
         to = m.model_options.setdefault("transformer_options", {})
         to["optimized_attention_override"] = _attention_override(to.get("optimized_attention_override"))
         blocks = m.model.diffusion_model.blocks
+        if (offload_activations or blocks_to_swap) and not gradient_checkpointing:
+            raise ValueError("offloaded activations and block swap need gradient checkpointing")
         for i, block in enumerate(blocks):
-            m.set_model_patch_replace(_training_block(i, block, gradient_checkpointing),
+            m.set_model_patch_replace(_training_block(i, block, gradient_checkpointing, offload_activations),
                                       "dit", "double_block", i)
         self.patcher = m
         self.adapters = adapters
-        self.racl = RACLCollector(racl) if racl is not None and racl.lambda_racl > 0 else None
+        self.swapped = swapped_blocks(len(blocks), blocks_to_swap)
+        self.racl = RACLCollector(racl, racl_budget_bytes) if racl is not None and racl.lambda_racl > 0 else None
         self._hooks_key = SELF_ATTENTION_HOOKS_KEY
 
     @property
@@ -352,28 +503,90 @@ class StoryModel:
         return self.patcher.model
 
     def load(self, device: torch.device | None = None, fsdp_mesh=None) -> None:
-        """Apply the patches and put the model on its device (ComfyUI's load_models_gpu), or, with an
-        FSDP mesh, apply them on the offload device and shard every block (FSDP2, frozen weights)."""
+        """Apply the patches and put the model on its device (ComfyUI's load_models_gpu); with swapped
+        blocks, apply them in host memory and move all but those blocks; with an FSDP mesh, shard every
+        block (FSDP2, frozen weights): a model built by ``load_dit_on_meta`` is then filled shard by shard
+        from its file, a loaded one is patched on the offload device first."""
         import comfy.model_management
 
         self.patcher.model.requires_grad_(False)
-        if fsdp_mesh is None:
+        if fsdp_mesh is None and not self.swapped:
             comfy.model_management.load_models_gpu([self.patcher], force_full_load=True)
+        elif fsdp_mesh is None:
+            self._load_swapped(device or comfy.model_management.get_torch_device())
         else:
             from torch.distributed.fsdp import fully_shard
 
-            self.patcher.patch_model(device_to=self.patcher.offload_device)
+            on_meta = self.patcher.model.diffusion_model.patch_embedding.weight.is_meta
+            # object patches and weight wrappers; with the model on meta nothing is moved (device None)
+            self.patcher.patch_model(device_to=None if on_meta else self.patcher.offload_device)
             dm = self.patcher.model.diffusion_model
             for block in dm.blocks:
                 fully_shard(block, mesh=fsdp_mesh)
             fully_shard(dm, mesh=fsdp_mesh)
+            if on_meta:
+                target = torch.device(fsdp_mesh.device_type, torch.cuda.current_device()) \
+                    if fsdp_mesh.device_type == "cuda" else torch.device(fsdp_mesh.device_type)
+                dm.to_empty(device=target)
+                for name, child in self.patcher.model.named_children():
+                    if name != "diffusion_model":
+                        child.to(target)
+                path, prefix = self.patcher.model.dreamshot_weights
+                kept = fill_sharded(dm, path, prefix, fsdp_mesh)
+                log.info("DreamShot: built the DiT on the meta device and read this process's shards (%.2f GiB) "
+                         "from the memory-mapped %s", kept / 2 ** 30, Path(path).name)
             log.info("DreamShot: FSDP sharded the DiT's %d blocks over %d processes", len(dm.blocks),
                      fsdp_mesh.size())
         dev = device or self.device
         self.adapters.to(dev)
 
+    def _load_swapped(self, device: torch.device) -> None:
+        """Block swap: the swapped blocks' weights stay in (pinned) host memory and every ComfyUI op in
+        them casts per use (``comfy_cast_weights``, ComfyUI's own low-VRAM path), so each weight is on the
+        device only while its layer runs: in forward, and again in backward's recomputation, where autograd
+        holds one block's copies until that block's backward is done (hence gradient checkpointing).
+        The modulation vector is cast per use by the Wan block itself."""
+        p = self.patcher
+        p.patch_model(device_to=p.offload_device)   # object patches and weight wrappers, nothing moved
+        dm = p.model.diffusion_model
+        for name, child in dm.named_children():
+            if name != "blocks":
+                child.to(device)
+        pin = device.type == "cuda"
+        for i, block in enumerate(dm.blocks):
+            if i not in self.swapped:
+                block.to(device)
+                continue
+            for _, mod in _cast_ops(block):
+                mod.comfy_cast_weights = True
+            if pin:
+                for prm in block.parameters():
+                    prm.data = _pin(prm.data)
+        for name, child in p.model.named_children():   # model_sampling and the like
+            if name != "diffusion_model":
+                child.to(device)
+        p.model.device = device
+        log.info("DreamShot: blocks %d..%d stay in host memory and are copied to %s per use (block swap)",
+                 self.swapped.start, self.swapped.stop - 1, device)
+
+    def resident_bytes(self) -> int:
+        """Bytes of DiT weights kept on the compute device (all of them but the swapped blocks)."""
+        from ..train.memory import tensor_bytes
+
+        dm = self.patcher.model.diffusion_model
+        host = {id(prm) for i in self.swapped for prm in dm.blocks[i].parameters()}
+        return tensor_bytes(prm for prm in dm.parameters() if id(prm) not in host)
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype the DiT computes in: ComfyUI's manual-cast dtype, else its weight dtype."""
+        base = self.patcher.model
+        return base.manual_cast_dtype or base.get_dtype()
+
     @property
     def device(self) -> torch.device:
+        if self.swapped:
+            return self.patcher.model.diffusion_model.head.head.weight.device
         return next(self.patcher.model.diffusion_model.parameters()).device
 
     def process_latent_in(self, latent: torch.Tensor) -> torch.Tensor:

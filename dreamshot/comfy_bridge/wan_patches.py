@@ -15,7 +15,7 @@ from __future__ import annotations
 import comfy.conds
 import comfy.model_base
 
-from . import compat, role_patch
+from . import compat, role_patch, shot_lora
 from ..attention import per_shot_cross_attention
 from ..clean_frames import per_frame_timestep
 from ..guidance import self_attention_without_refs
@@ -148,8 +148,11 @@ def story_options(sequence) -> dict:
     return options
 
 
-def patch_for_story(model, sequence):
-    """A clone of ``model`` that samples ``sequence`` the DreamShot way. The input is untouched."""
+def patch_for_story(model, sequence, story_pass=None):
+    """A clone of ``model`` that samples ``sequence`` the DreamShot way. The input is untouched.
+
+    ``story_pass`` (dreamshot.shot_lora.StoryPass): when ``sequence`` is one pass of a longer story,
+    which story shot each of its shots is (Shot LoRAs are given in story shots)."""
     check_wan21_t2v(model)
     m = model.clone()
     for name, obj in _clean_frame_patches(m).items():
@@ -161,4 +164,5 @@ def patch_for_story(model, sequence):
     role_config = to.get(role_patch.CONFIG_KEY)
     if role_config is not None:
         role_patch.install(m, sequence, role_config, SELF_ATTENTION_HOOKS_KEY)
+    shot_lora.install(m, sequence, story_pass)
     return m

@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import DreamShotInputError
-from ..train.atomic import atomic_write, atomic_write_json, atomic_write_text
+from ..atomic import atomic_write, atomic_write_json, atomic_write_text
 from ..train.dataset import MANIFEST, parse_sequence
 
 log = logging.getLogger("DreamShot.data")

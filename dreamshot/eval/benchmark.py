@@ -23,7 +23,8 @@ One JSON file; image paths are relative to the file's folder (``/``-separated; a
     from (``<run>/<id>/shots/<N>.png``, see dreamshot.eval.runner).
   - ``characters`` (object id -> character, optional): ``reference`` (an image or a list of
     images of that character; each must show exactly the character's face, the largest face is
-    used) and ``name`` (optional, default the id).
+    used), ``name`` (optional, default the id) and ``kind`` (optional: ``character``, the default,
+    or ``location`` / ``prop`` for a scene reference, which the face metrics skip).
   - ``shots`` (list, required, at least one), in story order: ``prompt`` (string, required; the
     text CLIP score compares with), ``characters`` (ids expected in the shot, optional) and
     ``boxes`` (optional: where each listed character stands, x0, y0, x1, y1 as fractions of the
@@ -50,7 +51,8 @@ FORMAT_VERSION = 1
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _TOP_KEYS = {"format", "version", "stories"}
 _STORY_KEYS = {"id", "characters", "shots"}
-_CHAR_KEYS = {"name", "reference"}
+_CHAR_KEYS = {"name", "reference", "kind"}
+KINDS = ("character", "location", "prop")   # as dreamshot.story.REFERENCE_KINDS
 _SHOT_KEYS = {"prompt", "characters", "boxes"}
 
 
@@ -59,6 +61,7 @@ class BenchCharacter:
     id: str
     name: str
     references: tuple[str, ...]   # paths relative to the benchmark folder
+    kind: str = "character"       # location / prop: not measured by the face metrics
 
 
 @dataclass(frozen=True)
@@ -119,7 +122,11 @@ def _story(chk: FieldChecker, i: int, raw) -> BenchStory | None:
         if not isinstance(name, str) or not name.strip():
             chk.bad(cpre + ".name", f"expected a non-empty string, got {name!r}")
             name = cid
-        characters.append(BenchCharacter(cid, name, tuple(refs)))
+        kind = c.get("kind", "character")
+        if kind not in KINDS:
+            chk.bad(cpre + ".kind", f"expected one of {', '.join(KINDS)}, got {kind!r}")
+            kind = "character"
+        characters.append(BenchCharacter(cid, name, tuple(refs), kind))
     shots_raw = raw.get("shots")
     if not isinstance(shots_raw, list) or not shots_raw:
         chk.bad(pre + ".shots", "expected a non-empty list of shots")

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-from ..train.atomic import atomic_write_text
+from ..atomic import atomic_write_text
 from .storyboard import StoryResult
 
 STORY_COLUMNS = ("method", "mode", "lang", "timestamp", "story", "shots", "missing_shots", "appearances", "found",

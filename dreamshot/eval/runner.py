@@ -136,7 +136,8 @@ def story_to_measure(bench: Benchmark, story: BenchStory) -> StoryToMeasure:
         prompts=tuple(s.prompt for s in story.shots),
         shot_characters=tuple(tuple(ids.index(w) for w in s.characters) for s in story.shots),
         shot_boxes=tuple({ids.index(w): box for w, box in s.boxes} for s in story.shots),
-        reference_labels=tuple(tuple(f"reference '{r}'" for r in c.references) for c in story.characters))
+        reference_labels=tuple(tuple(f"reference '{r}'" for r in c.references) for c in story.characters),
+        kinds=tuple(c.kind for c in story.characters))
 
 
 def evaluate_runs(bench: Benchmark, runs: Sequence[Run], analyzer: FaceAnalyzer | None,

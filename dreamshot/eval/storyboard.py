@@ -9,7 +9,7 @@ The metric definitions are in dreamshot/eval/metrics.py.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 import numpy as np
@@ -33,10 +33,26 @@ class StoryToMeasure:
     shot_characters: tuple[tuple[int, ...], ...]        # per shot: indices into names
     shot_boxes: tuple[dict[int, Box], ...] = ()         # per shot: cast index -> box (fractions or pixels)
     reference_labels: tuple[tuple[str, ...], ...] = ()  # per reference: how errors name it (a path)
+    kinds: tuple[str, ...] = ()                         # per cast member: character / location / prop; () = all people
 
     @property
     def num_shots(self) -> int:
         return len(self.prompts)
+
+
+def people_only(story: StoryToMeasure) -> StoryToMeasure:
+    """The story with its scene references (kind location / prop) taken out of the cast: faces are
+    looked for only in people's references and only people are expected in the shots."""
+    if all(k == "character" for k in story.kinds):
+        return story
+    keep = [c for c, k in enumerate(story.kinds) if k == "character"]
+    index = {c: i for i, c in enumerate(keep)}
+    return replace(
+        story, names=tuple(story.names[c] for c in keep), references=tuple(story.references[c] for c in keep),
+        shot_characters=tuple(tuple(index[c] for c in cast if c in index) for cast in story.shot_characters),
+        shot_boxes=tuple({index[c]: b for c, b in boxes.items() if c in index} for boxes in story.shot_boxes),
+        reference_labels=tuple(story.reference_labels[c] for c in keep if c < len(story.reference_labels)),
+        kinds=())
 
 
 @dataclass(frozen=True)
@@ -68,7 +84,9 @@ def _pixel_box(box: Box, width: int, height: int) -> Box:
 
 
 def reference_embeddings(story: StoryToMeasure, analyzer: FaceAnalyzer, input_name: str = "characters") -> np.ndarray:
-    """(C, D): per cast member, the normalised mean of the largest face's embedding in each reference."""
+    """(C, D): per person of the cast (people_only), the normalised mean of the largest face's embedding
+    in each reference."""
+    story = people_only(story)
     out = []
     for c, (name, images) in enumerate(zip(story.names, story.references)):
         if not images:
@@ -97,6 +115,7 @@ def measure_story(story: StoryToMeasure, shots: Sequence[np.ndarray | None], ana
     a missing shot counts every expected character as a miss and scores CLIP 0. ``on_shot(j)`` is called
     before each shot (progress, cancel). ``references``: the cast's embeddings when already computed
     (:func:`reference_embeddings`), e.g. for several runs of one story."""
+    story = people_only(story)
     if len(shots) != story.num_shots:
         raise DreamShotInputError("keyframes", f"story {story.id!r}: {len(shots)} image(s) for "
                                   f"{story.num_shots} shot(s).", "give exactly one image per shot, in story order.")

@@ -58,15 +58,14 @@ def generate_storyboard(plan: StoryPlan, title: str, model, vae, clip, settings:
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     clean = plan.layout.clean_shots
-    # Kept shots count as done: a pass whose shots are all kept is skipped and serves as context.
-    done = {j: plan.shot_images[j] for j, keep in enumerate(clean) if keep}
+    # Kept shots: sample_long_story skips a pass whose shots are all kept; they serve as context.
     with torch.inference_mode():
         sequence = encode_story(plan, vae, lambda text: encode_text(clip, text), settings.negative_prompt)
         with step_progress("DreamShot storyboard"):
             images, _ = sample_long_story(model, sequence, settings.seed, settings.steps, settings.cfg,
                                           settings.sampler, settings.scheduler, ref_cfg=settings.ref_cfg,
                                           chunk_size=settings.target_frame, context_shots=settings.context_frame,
-                                          on_chunk=on_chunk, done=done)
+                                          on_chunk=on_chunk)
     keyframes = [out_dir / f"{j + 1}.png" for j in range(images.shape[0])]
     for path, image in zip(keyframes, images):
         save_png(path, image)

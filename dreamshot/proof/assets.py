@@ -14,26 +14,13 @@ from pathlib import Path
 
 import torch
 
-from ..train.atomic import atomic_write_json, atomic_write_text
+from ..atomic import atomic_write_json, atomic_write_text
+from ..train.config import toml_text
 from . import dataset as ds
 from . import videos as vd
 from .settings import Paths, ProofSettings
 
 log = logging.getLogger("DreamShot")
-
-
-def _toml(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{k} = {_toml(x)}" for k, x in v.items()) + "}"
-    raise TypeError(type(v))
 
 
 def write_train_config(path: Path, p: Paths, s: ProofSettings, *, dit: Path, dataset: Path, cache: Path, out: Path,
@@ -60,9 +47,7 @@ def write_train_config(path: Path, p: Paths, s: ProofSettings, *, dit: Path, dat
         "checkpoint": {"every": s.checkpoint_every, "total_limit": 1, "resume": "latest"},
         "logging": {"log_every": max(1, steps // 50), "progress": False},
     }
-    text = "".join(f"[{name}]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in vals.items()) + "\n"
-                   for name, vals in sections.items())
-    atomic_write_text(path, text)
+    atomic_write_text(path, toml_text(sections, "DreamShot proof: written by python -m dreamshot.proof"))
     return path
 
 

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from ..comfy_bridge.compat import causal_conv_spatial_padding
 from ..comfy_bridge.random_wan import fill_random
-from ..train.atomic import atomic_save_safetensors
+from ..atomic import atomic_save_safetensors
 
 Z_DIM = 16
 K = 1000.0   # the constant channel: the RMS norm's denominator is ~K whatever the colours

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..shapes import SHAPE_CAST, draw_character, render_scene
-from ..train.atomic import atomic_write, atomic_write_text
+from ..atomic import atomic_write, atomic_write_text
 
 ROLES = ("Mira", "Theo", "Alice", "Bob")
 SLOTS = ("left", "centre", "right")

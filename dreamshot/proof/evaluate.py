@@ -189,7 +189,7 @@ def sample_clips(model, models_dir: Path, clips: list[vd.ClipSpec], s: ProofSett
 def contact_sheet(path: Path, rows: list[list[np.ndarray]]) -> None:
     from PIL import Image
 
-    from ..train.atomic import atomic_write
+    from ..atomic import atomic_write
 
     rows = [r for r in rows if r]
     h, w = rows[0][0].shape[:2]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..train.atomic import atomic_write_json, atomic_write_text
+from ..atomic import atomic_write_json, atomic_write_text
 from .report import chance_accuracy, choice_analysis, goal_check, grid_table, summarise
 from .settings import CONDITION_LABELS, CONDITIONS, INITS, LOSSES, Paths, ProofSettings, cells
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..train.atomic import atomic_write_json
+from ..atomic import atomic_write_json
 from .settings import CONDITIONS, Cell, Paths, ProofSettings, cells
 
 log = logging.getLogger("DreamShot")

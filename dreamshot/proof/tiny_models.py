@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..comfy_bridge.random_wan import fill_random, random_wan_dit
-from ..train.atomic import atomic_save_safetensors
+from ..atomic import atomic_save_safetensors
 from .dataset import ROLES, SLOTS
 from .videos import WORDS as VIDEO_WORDS
 

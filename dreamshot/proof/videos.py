@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..shapes import SHAPE_CAST, draw_character
-from ..train.atomic import atomic_write_text
+from ..atomic import atomic_write_text
 from .dataset import ROLES, _save_png, shot_background, slot_box
 
 FRAME_COUNTS = (9, 13, 17)

@@ -4,6 +4,7 @@
     python -m dreamshot.train cache --config train.toml     # VAE latents + text embeddings, resumable
     python -m dreamshot.train train --config train.toml [--resume latest] [--set train.steps=100 ...]
     python -m dreamshot.train --config train.toml           # = train
+    python -m dreamshot.train estimate train.toml [--model 14B] [--frames 9]   # expected peak GPU memory
     torchrun --nproc_per_node 8 -m dreamshot.train train --config train.toml
 """
 
@@ -16,13 +17,14 @@ import sys
 
 log = logging.getLogger("DreamShot")
 
-COMMANDS = ("check", "cache", "train")
+COMMANDS = ("check", "cache", "train", "estimate")
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m dreamshot.train", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("command", nargs="?", choices=COMMANDS, default="train", help="what to run (default: train)")
+    ap.add_argument("config_file", nargs="?", help="TOML config file (same as --config)")
     ap.add_argument("--config", "-c", help="TOML config file")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="override a config value (repeatable), e.g. --set train.steps=100")
@@ -30,6 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--output-dir", help="same as --set train.output_dir=...")
     ap.add_argument("--steps", type=int, help="same as --set train.steps=...")
     ap.add_argument("--comfyui", help="ComfyUI folder (same as --set model.comfyui_path=...)")
+    est = ap.add_argument_group("estimate")
+    est.add_argument("--model", choices=("1.3B", "14B"), help="model sizes to estimate for (default: read from "
+                     "model.dit's header)")
+    est.add_argument("--frames", type=int, help="latent frames per sample (default: data.max_shots shots + 3 "
+                     "references, at most data.max_latent_frames)")
+    est.add_argument("--refs", type=int, help="reference frames among them (default 3)")
+    est.add_argument("--world-size", type=int, default=1, help="processes of a torchrun job (FSDP divides weights)")
     ap.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return ap
 
@@ -45,8 +54,11 @@ def main(argv: list[str] | None = None) -> int:
                       (args.steps, "train.steps"), (args.comfyui, "model.comfyui_path")):
         if flag is not None:
             overrides.append(f"{key}={json.dumps(flag)}")
+    if args.config_file and args.config:
+        log.error("give the config once: as an argument or with --config")
+        return 2
     try:
-        cfg = load_config(args.config, overrides)
+        cfg = load_config(args.config or args.config_file, overrides)
         if args.command == "check":
             from .dataset import read_manifest
 
@@ -55,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
             shots = sum(len(s.shots) for s in seqs)
             log.info("DreamShot dataset %s: %d sequence(s), %d shot(s), %d character(s): OK", cfg.data.dataset,
                      len(seqs), shots, sum(len(s.characters) for s in seqs))
+        elif args.command == "estimate":
+            run_estimate(cfg, args)
         elif args.command == "cache":
             from .cache import run_cache
 
@@ -72,6 +86,25 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", e)
         return 2
     return 0
+
+
+def run_estimate(cfg, args) -> None:
+    """Print the expected peak memory (stdout: it is the command's output, not a log)."""
+    from pathlib import Path
+
+    from .config import ConfigError
+    from .estimate import WAN21, dims_from_file, estimate, sample_size
+
+    cfg.validate()
+    if args.model:
+        dims = WAN21[args.model]
+    elif cfg.model.dit and Path(cfg.model.dit).is_file():
+        dims = dims_from_file(cfg.model.dit)
+    else:
+        raise ConfigError(f"estimate: model.dit {cfg.model.dit!r} is not a file; give --model 14B or --model 1.3B")
+    frames, tokens, text, ref_tokens = sample_size(cfg, args.frames, args.refs)
+    est = estimate(cfg, dims, tokens, text, ref_tokens, world_size=args.world_size)
+    sys.stdout.write(f"{cfg.data.width}x{cfg.data.height}, {frames} latent frames\n{est.format()}\n")
 
 
 if __name__ == "__main__":

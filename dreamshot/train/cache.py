@@ -41,7 +41,7 @@ from ..attention import NO_TEXT, pad_segments
 from ..images import fit_image, fit_mask
 from ..layout import PIXEL_MULTIPLE, StoryLayout
 from ..role_attention import pixel_mask_to_tokens
-from .atomic import atomic_save_safetensors, atomic_write_json
+from ..atomic import atomic_save_safetensors, atomic_write_json
 from .config import TrainConfig
 from .dataset import SequenceEntry, file_digest, load_image, load_mask, read_manifest
 

@@ -30,7 +30,7 @@ from typing import Callable
 
 import torch
 
-from .atomic import atomic_save_safetensors, atomic_write_json, atomic_write_text, fsync_dir
+from ..atomic import atomic_save_safetensors, atomic_write_json, atomic_write_text, fsync_dir
 
 log = logging.getLogger("DreamShot")
 
@@ -39,11 +39,29 @@ _NAME = re.compile(r"^checkpoint-(\d+)$")
 
 
 # -- optimizer state <-> safetensors + JSON ------------------------------------------------------
+def _flat_items(st: dict, prefix: str = ""):
+    """(path, value) of a per-parameter state; nested dicts (bitsandbytes keeps its 8-bit state under
+    ``__bnb_optimizer_quant_state__``) become "outer/inner" paths."""
+    for k, v in st.items():
+        path = f"{prefix}/{k}" if prefix else str(k)
+        if isinstance(v, dict):
+            yield from _flat_items(v, path)
+        else:
+            yield path, v
+
+
+def _set_path(st: dict, path: str, value) -> None:
+    *outer, last = path.split("/")
+    for k in outer:
+        st = st.setdefault(k, {})
+    st[last] = value
+
+
 def optimizer_to_files(state: dict, names: list[str]) -> tuple[dict[str, torch.Tensor], dict]:
     tensors: dict[str, torch.Tensor] = {}
     plain: dict[str, dict] = {}
     for idx, st in state["state"].items():
-        for k, v in st.items():
+        for k, v in _flat_items(st):
             if isinstance(v, torch.Tensor):
                 tensors[f"state.{idx}.{k}"] = v.detach().cpu().contiguous()
             else:
@@ -59,9 +77,10 @@ def optimizer_from_files(tensors: dict[str, torch.Tensor], info: dict, names: li
     state: dict[int, dict] = {}
     for key, t in tensors.items():
         _, idx, name = key.split(".", 2)
-        state.setdefault(int(idx), {})[name] = t
+        _set_path(state.setdefault(int(idx), {}), name, t)
     for idx, st in info["plain_state"].items():
-        state.setdefault(int(idx), {}).update(st)
+        for name, v in st.items():
+            _set_path(state.setdefault(int(idx), {}), name, v)
     groups = []
     for g in info["param_groups"]:
         g = dict(g)

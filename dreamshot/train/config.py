@@ -27,6 +27,8 @@ except ModuleNotFoundError:   # Python 3.10: the same parser as a package
                                   "on Python 3.10") from None
 
 DTYPES = ("bf16", "fp16", "fp32")
+WEIGHT_DTYPES = ("default", "fp8_e4m3fn")
+OPTIMIZERS = ("adamw", "adam", "sgd", "adamw8bit")
 FITS = ("pad_white", "crop", "stretch", "error")
 DEFAULT_LORA_TARGETS = ("self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o",
                         "cross_attn.q", "cross_attn.k", "cross_attn.v", "cross_attn.o", "ffn.0", "ffn.2")
@@ -47,6 +49,10 @@ class ModelConfig:
     text_encoder: str = ""           # UMT5-XXL .safetensors (cache step)
     text_encoder_config: dict = field(default_factory=dict)  # overrides the UMT5 config (tiny test models)
     dtype: str = "bf16"              # DiT weights / compute: bf16 | fp16 | fp32
+    # "fp8_e4m3fn": the frozen linears of the DiT blocks are stored in float8 and cast per layer to the
+    # compute dtype by ComfyUI's ops (as UNETLoader's weight_dtype does at inference); norms,
+    # embeddings, modulation, head and fully fine-tuned blocks stay in ``dtype``. Halves the block weights.
+    weight_dtype: str = "default"
     comfyui_path: str = ""           # else $COMFYUI_PATH, the ComfyUI containing this pack, ~/ComfyUI
 
 
@@ -73,6 +79,12 @@ class TrainSection:
     seed: int = 42
     gradient_accumulation_steps: int = 1
     gradient_checkpointing: bool = True
+    # The last N DiT blocks stay in CPU memory; ComfyUI's ops copy each weight to the GPU per use, in
+    # forward and in backward's recomputation (needs gradient_checkpointing). 0 = every block on the GPU.
+    blocks_to_swap: int = 0
+    # Checkpointed block inputs (what gradient checkpointing keeps per block) wait in CPU memory for
+    # backward instead of on the GPU (needs gradient_checkpointing).
+    offload_activations: bool = False
     max_grad_norm: float = 1.0       # 0 = no clipping
     timestep_sampling: str = "uniform"   # uniform | logit_normal
     logit_mean: float = 0.0
@@ -97,6 +109,9 @@ class RACLSection:
     layers: Any = "all"              # "all" or a list of block indices
     kind: str = "mass"               # mass | log
     eps: float = 1e-6
+    # Bytes RACL's blockwise temporaries may take per attention layer (0 = role_attention's default,
+    # half of the layer's q). Smaller = more, smaller blocks; the loss is the same.
+    budget_bytes: int = 0
 
 
 @dataclass
@@ -113,7 +128,7 @@ class LoRASection:
 
 @dataclass
 class OptimizerConfig:
-    name: str = "adamw"              # adamw | adam | sgd
+    name: str = "adamw"              # adamw | adam | sgd | adamw8bit (needs `pip install bitsandbytes`)
     lr: float = 1e-4
     weight_decay: float = 0.0
     betas: list = field(default_factory=lambda: [0.9, 0.999])
@@ -183,6 +198,7 @@ class TrainConfig:
             if not getattr(getattr(self, section), name):
                 raise ConfigError(f"{key} is not set: give it in the config file or with --set {key}=...")
         _choice("model.dtype", m.dtype, DTYPES)
+        _choice("model.weight_dtype", m.weight_dtype, WEIGHT_DTYPES)
         if not isinstance(m.text_encoder_config, dict):
             raise ConfigError("model.text_encoder_config must be a table, e.g. { num_heads = 1 }")
         _choice("data.shot_fit", d.shot_fit, FITS)
@@ -200,6 +216,19 @@ class TrainConfig:
         _unit("data.caption_dropout", d.caption_dropout)
         _positive("train.steps", t.steps)
         _positive("train.gradient_accumulation_steps", t.gradient_accumulation_steps)
+        if t.blocks_to_swap < 0:
+            raise ConfigError(f"train.blocks_to_swap = {t.blocks_to_swap}: must be >= 0 (0 = no block swap)")
+        for key, on in (("train.blocks_to_swap", t.blocks_to_swap > 0),
+                        ("train.offload_activations", t.offload_activations)):
+            if on and not t.gradient_checkpointing:
+                raise ConfigError(f"{key} needs train.gradient_checkpointing = true (without it every block's "
+                                  "activations, and the swapped weights' GPU copies, stay on the GPU until backward)")
+        if t.blocks_to_swap and self.distributed.strategy == "fsdp":
+            raise ConfigError("train.blocks_to_swap does not combine with distributed.strategy = \"fsdp\" (FSDP "
+                              "already keeps 1/N of the weights per GPU): set one of them")
+        if m.weight_dtype != "default" and self.distributed.strategy == "fsdp":
+            raise ConfigError("model.weight_dtype = \"fp8_e4m3fn\" does not combine with distributed.strategy = "
+                              "\"fsdp\" (FSDP shards weights of one dtype): use \"default\" or strategy = \"ddp\"")
         if t.max_grad_norm < 0:
             raise ConfigError("train.max_grad_norm must be >= 0 (0 = no clipping)")
         _choice("train.timestep_sampling", t.timestep_sampling, ("uniform", "logit_normal"))
@@ -225,6 +254,8 @@ class TrainConfig:
             raise ConfigError("racl.lambda_racl must be >= 0 (0 disables RACL)")
         _choice("racl.kind", r.kind, ("mass", "log"))
         r.layers = _blocks("racl.layers", r.layers)
+        if r.budget_bytes < 0:
+            raise ConfigError(f"racl.budget_bytes = {r.budget_bytes}: must be >= 0 (0 = the default budget)")
         lo = self.lora
         _positive("lora.rank", lo.rank)
         if lo.alpha <= 0:
@@ -241,7 +272,7 @@ class TrainConfig:
         if not 0 <= lo.dropout < 1:
             raise ConfigError("lora.dropout must be in [0, 1)")
         _choice("lora.save_dtype", lo.save_dtype, DTYPES)
-        _choice("optimizer.name", o.name, ("adamw", "adam", "sgd"))
+        _choice("optimizer.name", o.name, OPTIMIZERS)
         if o.lr <= 0:
             raise ConfigError("optimizer.lr must be > 0")
         if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
@@ -398,11 +429,17 @@ def _toml_value(v) -> str:
     raise TypeError(f"cannot write {type(v).__name__} to TOML")
 
 
-def dump_toml(cfg: TrainConfig) -> str:
-    """The resolved config as TOML (loads back with ``load_config``)."""
-    lines = ["# Resolved DreamShot training config (written by python -m dreamshot.train)."]
-    for section, values in cfg.to_dict().items():
+def toml_text(sections: dict[str, dict], comment: str = "") -> str:
+    """``{section: {key: value}}`` as TOML: the package's one TOML writer (values: bool, int, float,
+    str, list, dict)."""
+    lines = [f"# {comment}"] if comment else []
+    for section, values in sections.items():
         lines.append(f"\n[{section}]")
         for key, value in values.items():
             lines.append(f"{key} = {_toml_value(value)}")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def dump_toml(cfg: TrainConfig) -> str:
+    """The resolved config as TOML (loads back with ``load_config``)."""
+    return toml_text(cfg.to_dict(), "Resolved DreamShot training config (written by python -m dreamshot.train).")

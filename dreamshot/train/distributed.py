@@ -6,7 +6,9 @@ Strategies:
 - ``fsdp``: the frozen DiT is sharded block by block with FSDP2 (``fully_shard``), which is what
   lets Wan2.1 14B train on GPUs that cannot hold a full copy plus activations; the small
   trainable tensors stay replicated and their gradients are averaged with one all-reduce after
-  backward.
+  backward. Every process builds the DiT on the meta device and reads only its shards from the
+  memory-mapped checkpoint (``comfy_bridge.training.load_dit_on_meta`` / ``fill_sharded``), so a
+  machine's host memory holds the weights once (its page cache), not once per process.
 """
 
 from __future__ import annotations

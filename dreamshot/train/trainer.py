@@ -20,12 +20,13 @@ from pathlib import Path
 import torch
 
 from ..role_attention import RACLConfig, build_role_map
-from .atomic import atomic_save_safetensors, atomic_write_json, atomic_write_text
+from ..atomic import atomic_save_safetensors, atomic_write_json, atomic_write_text
 from .cache import CacheReader, Sample, build_sample, feasible_modes
 from .checkpoint import CheckpointManager, resolve_resume, set_rng_state
-from .config import TrainConfig, dump_toml
+from .config import ConfigError, TrainConfig, dump_toml
 from .distributed import DistState, all_reduce_mean_, fsdp_mesh, init_distributed, mean_scalar
 from .lora_io import dataset_hash, lora_metadata
+from .memory import GiB, peak_stats, reset_peak
 from .objective import MODES, choose_mode, denoise_mask, flow_matching_loss, noise_frames, sample_sigmas
 
 log = logging.getLogger("DreamShot")
@@ -66,6 +67,24 @@ def _lr_lambda(cfg: TrainConfig):
     return f
 
 
+def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """optimizer.name: torch's AdamW / Adam / SGD, or bitsandbytes' 8-bit AdamW (imported only when chosen)."""
+    o = cfg.optimizer
+    if o.name == "sgd":
+        return torch.optim.SGD(params, lr=o.lr, weight_decay=o.weight_decay)
+    if o.name == "adamw8bit":
+        try:
+            import bitsandbytes
+        except ImportError:
+            raise ConfigError("optimizer.name = \"adamw8bit\" needs the bitsandbytes package (pip install "
+                              "bitsandbytes), or choose \"adamw\"") from None
+        # 8-bit states for tensors of 4096+ elements (every LoRA matrix of 1.3B/14B); smaller ones keep fp32
+        return bitsandbytes.optim.AdamW8bit(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+                                            weight_decay=o.weight_decay)
+    cls = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
+    return cls(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, dist_state: DistState | None = None):
         self.cfg = cfg.validate(need=("model.dit", "data.cache_dir"))
@@ -85,7 +104,10 @@ class Trainer:
         from ..comfy_bridge import training as bridge
 
         c = self.cfg
-        base = bridge.load_dit(c.model.dit, c.model.dtype)
+        fsdp = c.distributed.strategy == "fsdp" and self.dist.enabled
+        # FSDP: every process builds the model on meta and reads only its shards from the mapped file,
+        # so the node's host memory holds the weights once (the page cache), not once per process
+        base = (bridge.load_dit_on_meta if fsdp else bridge.load_dit)(c.model.dit, c.model.dtype)
         n_blocks = len(base.model.diffusion_model.blocks)
         racl_layers = c.racl_layers()
         if racl_layers and max(racl_layers) >= n_blocks:
@@ -93,9 +115,17 @@ class Trainer:
         self.adapters = bridge.attach_trainable(
             base, rank=c.lora.rank, alpha=c.lora.alpha, targets=c.lora.targets, lora_blocks=c.lora_blocks(n_blocks),
             full_blocks=c.lora.full_finetune_blocks, full_modules=c.lora.full_finetune_modules, dropout=c.lora.dropout, seed=c.train.seed)
+        if c.model.weight_dtype == "fp8_e4m3fn":
+            saved = bridge.store_fp8(base, skip_blocks=c.lora.full_finetune_blocks)
+            log.info("DreamShot: DiT block linears stored in float8_e4m3fn (%.2f GiB less), cast per layer by "
+                     "ComfyUI's ops", saved / GiB)
+        if c.train.blocks_to_swap > n_blocks:
+            raise ValueError(f"train.blocks_to_swap = {c.train.blocks_to_swap}: this model has {n_blocks} blocks")
         racl = RACLConfig(lambda_racl=c.racl.lambda_racl, layers=racl_layers, kind=c.racl.kind, eps=c.racl.eps)
-        self.story_model = bridge.StoryModel(base, self.adapters, c.train.gradient_checkpointing, racl)
-        fsdp = c.distributed.strategy == "fsdp" and self.dist.enabled
+        self.story_model = bridge.StoryModel(base, self.adapters, c.train.gradient_checkpointing, racl,
+                                             offload_activations=c.train.offload_activations,
+                                             blocks_to_swap=c.train.blocks_to_swap,
+                                             racl_budget_bytes=c.racl.budget_bytes)
         if c.distributed.strategy == "fsdp" and not self.dist.enabled:
             log.info("DreamShot: distributed.strategy = fsdp with one process: nothing to shard, running plainly")
         self.story_model.load(self.dist.device, fsdp_mesh(self.dist) if fsdp else None)
@@ -116,13 +146,13 @@ class Trainer:
         else:
             self.engine = forward
         self.manual_grad_sync = fsdp
-        o = c.optimizer
-        if o.name == "sgd":
-            self.optimizer = torch.optim.SGD(self.params, lr=o.lr, weight_decay=o.weight_decay)
-        else:
-            cls = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
-            self.optimizer = cls(self.params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+        self.optimizer = make_optimizer(self.params, c)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(c))
+        # fp16 compute underflows small gradients to zero: scale the loss (torch GradScaler), always
+        compute = self.story_model.compute_dtype
+        self.scaler = torch.amp.GradScaler(self.dist.device.type) if compute == torch.float16 else None
+        log.info("DreamShot: computing in %s%s", str(compute).replace("torch.", ""),
+                 " with loss scaling (GradScaler)" if self.scaler is not None else "")
 
     def load_data(self) -> None:
         c = self.cfg
@@ -160,6 +190,11 @@ class Trainer:
         mode = mode or choose_mode(gen, self.ratios, self.feasible[index])
         sample = build_sample(seq, mode, gen, self.data.empty_text, c.data.max_shots, c.data.max_latent_frames,
                               c.data.text_min_length, c.data.caption_dropout, c.modes.s2s_keep_references)
+        return self.batch_from_sample(sample, gen)
+
+    def batch_from_sample(self, sample: Sample, generator: torch.Generator) -> Batch:
+        """Noise, sigma, denoise mask, story options and role map of a packed story, on the device."""
+        c, gen = self.cfg, generator
         dev = self.dist.device
         x0 = self.story_model.process_latent_in(sample.latent.to(dev))
         sigma = sample_sigmas(1, gen, c.train.timestep_sampling, self.shift, c.train.logit_mean, c.train.logit_std,
@@ -201,7 +236,8 @@ class Trainer:
             optimizer_state=self.optimizer.state_dict(), param_names=[n for n, _ in self.named_params],
             scheduler_state=self.scheduler.state_dict(), data_generator=self.generator,
             trainer_state={"micro_step": micro_step, "base_model": self.base_model_name,
-                           "dataset_hash": self.dataset_hash})
+                           "dataset_hash": self.dataset_hash,
+                           **({"grad_scaler": self.scaler.state_dict()} if self.scaler is not None else {})})
 
     def export_lora(self, step: int) -> Path:
         from ..comfy_bridge.training import DTYPES
@@ -255,6 +291,8 @@ class Trainer:
         self.scheduler.load_state_dict(ck["scheduler"])
         if ck["rng"] is not None:
             set_rng_state(*ck["rng"], data_generator=self.generator)
+        if self.scaler is not None and "grad_scaler" in ck["state"]:
+            self.scaler.load_state_dict(ck["state"]["grad_scaler"])
         step, micro = int(ck["state"]["step"]), int(ck["state"]["micro_step"])
         if self.dist.is_main:
             _truncate_metrics(self.out / "metrics.jsonl", step)
@@ -281,6 +319,8 @@ class Trainer:
         accum = c.train.gradient_accumulation_steps
         saved_at = step
         t0 = time.perf_counter()
+        window = {"t": t0, "tokens": 0}   # tokens/s and peak memory since the last log line
+        reset_peak(self.dist.device)
         while step < c.train.steps:
             totals = {"loss": 0.0, "fm": 0.0, "racl": 0.0}
             modes = dict.fromkeys(MODES, 0)
@@ -288,20 +328,28 @@ class Trainer:
                 batch = self.prepare_batch(self.sequence_index(micro))
                 micro += 1
                 modes[batch.sample.mode] += 1
+                window["tokens"] += batch.sample.layout.num_tokens
                 sync = a == accum - 1 or not hasattr(self.engine, "no_sync")
                 with contextlib.nullcontext() if sync else self.engine.no_sync():
                     loss, parts = self.compute_loss(batch)
-                    (loss / accum).backward()
+                    scaled = loss / accum
+                    (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
                 totals["loss"] += float(loss.detach()) / accum
                 totals["fm"] += parts["fm"] / accum
                 totals["racl"] += parts["racl"] / accum
             if self.manual_grad_sync:
                 all_reduce_mean_([p.grad for p in self.params if p.grad is not None], self.dist)
             grad_norm = None
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)
             if c.train.max_grad_norm > 0:
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, c.train.max_grad_norm))
             lr = self.scheduler.get_last_lr()[0]
-            self.optimizer.step()
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)   # skipped when the scaled gradients overflowed
+                self.scaler.update()
+            else:
+                self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
             step += 1
@@ -311,6 +359,7 @@ class Trainer:
             if grad_norm is not None:
                 logs["grad_norm"] = grad_norm
             if step % c.logging.log_every == 0 or step == c.train.steps:
+                logs.update(self.memory_logs(window))
                 self.on_step_end(step, logs)
             bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{lr:.2e}")
             bar.update(1)
@@ -331,6 +380,18 @@ class Trainer:
             log.info("DreamShot: trained steps %d..%d in %.1fs (%.2f it/s)", result.start_step + 1, step, dt,
                      (step - result.start_step) / max(dt, 1e-9))
         return result
+
+    def memory_logs(self, window: dict) -> dict:
+        """Peak memory since the last log line (this rank's device) and image tokens per second."""
+        now = time.perf_counter()
+        out = {k: round(v, 3) for k, v in peak_stats(self.dist.device).items()}
+        out["tokens_per_s"] = round(window["tokens"] / max(now - window["t"], 1e-9), 2)
+        if self.scaler is not None:
+            out["loss_scale"] = float(self.scaler.get_scale())
+        log.info("DreamShot: %s", ", ".join(f"{k} {v}" for k, v in out.items()))
+        window.update(t=now, tokens=0)
+        reset_peak(self.dist.device)
+        return out
 
     def check_replicas(self) -> None:
         """In a distributed run, every rank must hold the same trainable tensors (else DDP/FSDP broke)."""

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..train.atomic import atomic_write
+from ..atomic import atomic_write
 from .stories import VistoryStory, load_image, story_cast
 
 log = logging.getLogger("DreamShot.vistory")

@@ -30,7 +30,8 @@ VAE = "wan_2.1_vae.safetensors"
 CHARACTER_A = "dreamshot_character_a.png"
 CHARACTER_B = "dreamshot_character_b.png"
 FIRST_SHOT = "dreamshot_first_shot.png"
-INPUT_IMAGES = (CHARACTER_A, CHARACTER_B, FIRST_SHOT)
+LOCATION = "dreamshot_location.png"
+INPUT_IMAGES = (CHARACTER_A, CHARACTER_B, FIRST_SHOT, LOCATION)
 # The released DreamShot weights (LL3RD/DreamShot) on Wan2.1-T2V-14B, as the official runner uses them.
 DIT_14B = "wan2.1_t2v_14B_bf16.safetensors"
 SFT_LORA = "sft_lora_model.safetensors"
@@ -90,8 +91,8 @@ def _pack(g, vae, clip, shots, mode, characters=None, **extra):
 
 
 def _sample_and_save(g, model, seq, prefix, seed=42, pos=(1440, 200), sheet_title=None):
-    sampler = g.add("DreamShotSampler", {"seed": seed, "steps": 30, "cfg": 5.0, "sampler_name": "euler",
-                                         "scheduler": "simple", "ref_cfg": 1.0, "chunk_size": 0,
+    sampler = g.add("DreamShotSampler", {"seed": seed, "steps": 30, "cfg": 3.0, "sampler_name": "euler",
+                                         "scheduler": "simple", "ref_cfg": 2.0, "chunk_size": 0,
                                          "context_shots": 0}, pos=pos, size=(340, 420), model=model, sequence=seq)
     if sheet_title is None:
         g.add("SaveImage", {"filename_prefix": f"DreamShot/{prefix}"}, pos=(pos[0] + 380, pos[1]), images=sampler)
@@ -123,6 +124,29 @@ def two_characters_racl() -> Graph:
                      pos=(720, 120 + 300 * j), **links)
     seq = _pack(g, vae, clip, prev, "reference_to_shot", characters=_cast(g))
     _sample_and_save(g, model, seq, "two_characters_racl", sheet_title="Two characters, no swaps")
+    return g
+
+
+def scene_reference() -> Graph:
+    """Two characters and one location: the bus stop is a Character Reference of kind location, listed
+    by every shot like a character (role attention gives it the background of the shots with boxes)."""
+    g = Graph()
+    model, clip, vae = _loaders(g)
+    model = g.add("DreamShotRACLAttentionPatch", {"strength": 1.0, "start_percent": 0.0, "end_percent": 0.6},
+                  pos=(360, 200), model=model)
+    place = g.add("LoadImage", {"image": LOCATION}, pos=(0, 1240))
+    cast = g.add("DreamShotCharacterReference",
+                 {"name": "Bus stop", "kind": "location",
+                  "description": "a city bus stop at night in the rain, neon signs, wet street"},
+                 pos=(360, 1240), image=place, characters=_cast(g))
+    prev = None
+    for j, (prompt, names) in enumerate(STORY):
+        links = {"shots": prev} if prev is not None else {}
+        boxes = "Mira: 0, 0, 0.5, 1; Theo: 0.5, 0, 1, 1" if "," in names else ""
+        prev = g.add("DreamShotShotScript", {"prompt": prompt, "characters": f"{names}, Bus stop",
+                                             "character_boxes": boxes}, pos=(720, 120 + 300 * j), **links)
+    seq = _pack(g, vae, clip, prev, "reference_to_shot", characters=cast)
+    _sample_and_save(g, model, seq, "scene_reference", sheet_title="Two characters at the bus stop")
     return g
 
 
@@ -191,6 +215,7 @@ WORKFLOWS_BUILT = {
     "dreamshot_shot_to_shot.json": shot_to_shot,
     "dreamshot_edit_one_shot.json": edit_one_shot,
     "dreamshot_two_characters_racl.json": two_characters_racl,
+    "dreamshot_scene_reference.json": scene_reference,
     "dreamshot_official_14b.json": official_14b,
     "dreamshot_official_14b_4step.json": lambda: official_14b(distill=True),
 }
