@@ -138,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     s = ProofSettings.from_json(json.loads(p.settings.read_text()))
     torch.set_num_threads(s.threads)
     torch.manual_seed(s.data_seed)
+    from ..comfy_bridge.training import import_comfy
+
+    # every job samples or trains through ComfyUI, also when its training was already finished
+    import_comfy()
     job = argv[1]
     start = time.perf_counter()
     if job == "assets":
