@@ -26,7 +26,7 @@ def test_fast_path_equals_comfyui_vae_loaded_from_the_file(block_vae):
     import comfy.sd
     import comfy.utils
 
-    from dreamshot.proof.run import load_block_vae
+    from dreamshot.proof.assets import load_block_vae
 
     path, _, _ = block_vae
     comfy_vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(path), safe_load=True))
@@ -67,12 +67,12 @@ def test_round_trip_keeps_identity_and_latent_is_normalised(block_vae):
 
 
 def test_tiny_text_encoder_keeps_words_and_encodes_without_padding(comfy_headless, tmp_path):
-    from dreamshot.proof.run import _text_encoder, load_text_encoder
+    from dreamshot.proof.assets import load_text_encoder, text_encoder
     from dreamshot.proof.tiny_models import write_text_encoder
 
     path = write_text_encoder(tmp_path / "umt5.safetensors", seed=0)
     clip = load_text_encoder(path)
-    encode = _text_encoder(clip, 32)
+    encode = text_encoder(clip, 32)
     a = encode("Mira at left, Theo at right.")
     b = encode("Theo at left, Mira at right.")
     c = encode("Mira")
@@ -86,7 +86,7 @@ def test_tiny_text_encoder_keeps_words_and_encodes_without_padding(comfy_headles
     assert cos(a[0, 0], a[0, 4], dim=0).abs() < 0.3
     assert (a[0, 2] - b[0, 2]).abs().max() > 1e-3
     with pytest.raises(ValueError, match="text_length"):
-        _text_encoder(clip, 3)("Mira at left, Theo at centre, Bob at right.")
+        text_encoder(clip, 3)("Mira at left, Theo at centre, Bob at right.")
 
 
 def test_tiny_dit_starts_as_a_velocity_model_that_passes_its_input_through(comfy_headless, tmp_path):
@@ -114,3 +114,51 @@ def test_tiny_dit_starts_as_a_velocity_model_that_passes_its_input_through(comfy
     for sigma in (1.0, 0.5):
         assert velocity_error("dit.safetensors", sigma) < 0.25
     assert velocity_error("plain.safetensors", 1.0) > 0.8
+
+
+def test_merged_prior_predicts_what_the_base_with_its_trained_file_predicts(comfy_headless, tmp_path):
+    """tiny_models.merge_deltas: the video prior as a plain DiT file equals the base DiT with the
+    prior's trained file applied by ComfyUI's LoRA loading (what fine-tuning from it starts from)."""
+    import safetensors.torch
+
+    from dreamshot.comfy_bridge import training as bridge
+    from dreamshot.comfy_bridge.lora import apply_lora
+    from dreamshot.proof.tiny_models import merge_deltas, write_dit
+    from dreamshot.atomic import atomic_save_safetensors
+
+    write_dit(tmp_path / "dit.safetensors", 0)
+    base = safetensors.torch.load_file(str(tmp_path / "dit.safetensors"))
+    g = torch.Generator().manual_seed(2)
+    deltas = {f"diffusion_model.{k[:-len('.weight')]}.diff": torch.randn(base[k].shape, generator=g) * 0.05
+              for k in ("blocks.0.self_attn.q.weight", "blocks.3.ffn.2.weight", "head.head.weight",
+                        "text_embedding.0.weight", "blocks.1.norm3.weight")}
+    deltas["diffusion_model.blocks.2.cross_attn.o.diff_b"] = torch.randn(base["blocks.2.cross_attn.o.bias"].shape,
+                                                                         generator=g) * 0.05
+    atomic_save_safetensors(tmp_path / "trained.safetensors", deltas)
+    merge_deltas(tmp_path / "dit.safetensors", tmp_path / "trained.safetensors", tmp_path / "prior.safetensors")
+    merged = safetensors.torch.load_file(str(tmp_path / "prior.safetensors"))
+    assert set(merged) == set(base)
+    assert not torch.equal(merged["head.head.weight"], base["head.head.weight"])
+    torch.testing.assert_close(merged["blocks.2.cross_attn.o.bias"],
+                               base["blocks.2.cross_attn.o.bias"] + deltas["diffusion_model.blocks.2.cross_attn.o.diff_b"])
+
+    x = torch.randn(1, 16, 3, 6, 12, generator=g)
+    context = torch.randn(1, 12, 4096, generator=g)
+
+    def predict(m):
+        import comfy.model_management
+
+        comfy.model_management.load_models_gpu([m], force_full_load=True)
+        with torch.no_grad():
+            return m.model.apply_model(x, torch.tensor([0.7]), c_crossattn=context)
+
+    with_file = predict(apply_lora(bridge.load_dit(str(tmp_path / "dit.safetensors"), "fp32"),
+                                   str(tmp_path / "trained.safetensors"), 1.0))
+    plain = predict(bridge.load_dit(str(tmp_path / "dit.safetensors"), "fp32"))
+    prior = predict(bridge.load_dit(str(tmp_path / "prior.safetensors"), "fp32"))
+    torch.testing.assert_close(prior, with_file, atol=1e-5, rtol=1e-5)
+    assert (prior - plain).abs().max() > 1e-2
+    atomic_save_safetensors(tmp_path / "lora.safetensors", {"diffusion_model.blocks.0.self_attn.q.lora_up.weight":
+                                                            torch.zeros(256, 4)})
+    with pytest.raises(ValueError, match="not a full fine-tune delta"):
+        merge_deltas(tmp_path / "dit.safetensors", tmp_path / "lora.safetensors", tmp_path / "x.safetensors")

@@ -112,7 +112,8 @@ def test_train_loss_falls_and_lora_loads_in_comfyui(data, tmp_path, tiny_wan_mod
     assert not any("modulation" in k for k in keys)   # ComfyUI cannot patch it (see comfy_bridge.training)
     assert keys == lora_keys | full
     assert meta["dreamshot.base_model"].startswith("wan2.1_t2v_") and meta["dreamshot.steps"] == "30"
-    assert meta["dreamshot.rank"] == "4" and json.loads(meta["dreamshot.modes"]) == {"r2s": 0.4, "t2s": 0.3, "s2s": 0.3}
+    assert meta["dreamshot.rank"] == "4"
+    assert json.loads(meta["dreamshot.modes"]) == {"r2s": 0.4, "t2s": 0.3, "s2s": 0.3, "t2v": 0.0}
     assert (tmp_path / "out" / "config.toml").is_file() and (tmp_path / "out" / "training_args.json").is_file()
 
     # LoadDreamShotModel's path: every key lands, and the output is the trained model's output

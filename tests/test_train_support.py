@@ -101,12 +101,10 @@ def write_config(path: Path, models: Path, dataset: Path, cache: Path, output: P
     }
     for section, values in sections.items():
         base.setdefault(section, {}).update(values)
-    from dreamshot.train.config import _toml_value
+    from dreamshot.train.config import toml_text
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = "".join(f"[{s}]\n" + "".join(f"{k} = {_toml_value(v)}\n" for k, v in vals.items()) + "\n"
-                   for s, vals in base.items())
-    path.write_text(text, encoding="utf-8")
+    path.write_text(toml_text(base), encoding="utf-8")
     return path
 
 

@@ -26,11 +26,16 @@ class Tally:
         return self.counts[outcome] / self.total if self.total else float("nan")
 
 
+def who_is_there(image: np.ndarray, spec: StorySpec, j: int, k: int) -> int | None:
+    """The SHAPE_CAST index the colour classifier finds in placement k of shot j (None: nobody)."""
+    return classify_region(image, spec.shots[j][k].box, SHAPE_CAST)[0]
+
+
 def score_placement(image: np.ndarray, spec: StorySpec, j: int, k: int) -> str:
     """correct: the expected character; confused: another character of this story's cast;
     other: a cast member not in this story; none: no character colour in the region."""
     p = spec.shots[j][k]
-    found, _ = classify_region(image, p.box, SHAPE_CAST)
+    found = who_is_there(image, spec, j, k)
     if found is None:
         return "none"
     if found == p.character:
@@ -54,11 +59,92 @@ def chance_accuracy(stories: list[StorySpec]) -> float:
     return float(np.mean(per)) if per else float("nan")
 
 
-def markdown_table(rows: list[tuple[str, Tally]], chance: float) -> str:
-    lines = ["| condition | placements | identity accuracy | confusion rate | other cast | none |",
-             "|---|---|---|---|---|---|"]
-    for name, t in rows:
-        lines.append(f"| {name} | {t.total} | {t.rate('correct'):.1%} | {t.rate('confused'):.1%} | "
-                     f"{t.rate('other'):.1%} | {t.rate('none'):.1%} |")
-    lines.append(f"| (chance: uniform guess within each story's cast) | | {chance:.1%} | {1 - chance:.1%} | | |")
+# -- the grid: seeds summarised -------------------------------------------------------------------
+def rates(counts: dict[str, int]) -> dict[str, float]:
+    t = Tally(dict(counts))
+    return {k: t.rate(k) for k in OUTCOMES}
+
+
+def summarise(results: list[dict], conditions, inits, losses) -> dict:
+    """(condition, init, loss) -> per-seed rates and their mean / min / max over seeds."""
+    out = {}
+    for c in conditions:
+        for i in inits:
+            for lo in losses:
+                cells = sorted((r for r in results if r["init"] == i and r["loss"] == lo), key=lambda r: r["seed"])
+                if not cells:
+                    continue
+                per_seed = [rates(r["counts"][c]) for r in cells]
+                out[c, i, lo] = {
+                    "seeds": [r["seed"] for r in cells], "placements": [sum(r["counts"][c].values()) for r in cells],
+                    "per_seed": per_seed,
+                    **{f"{k}_{stat}": f([p[k] for p in per_seed])
+                       for k in OUTCOMES for stat, f in (("mean", np.mean), ("min", np.min), ("max", np.max))}}
+    return out
+
+
+def _cell(row: dict, k: str) -> str:
+    return f"{row[k + '_mean']:.1%} ({row[k + '_min']:.1%}–{row[k + '_max']:.1%})"
+
+
+def grid_table(summary: dict, labels: dict, init_labels: dict, loss_labels: dict, chance: float,
+               ceiling: dict[str, int] | None) -> str:
+    lines = ["| condition | fine-tuned from | training loss | placements per seed | identity accuracy, mean (min–max) "
+             "| confusion rate | other cast | none | accuracy per seed |", "|---|---|---|---|---|---|---|---|---|"]
+    for (c, i, lo), row in summary.items():
+        per = " / ".join(f"{p['correct']:.1%}" for p in row["per_seed"])
+        n = "/".join(str(x) for x in sorted(set(row["placements"])))
+        lines.append(f"| {labels[c]} | {init_labels[i]} | {loss_labels[lo]} | {n} | {_cell(row, 'correct')} | "
+                     f"{_cell(row, 'confused')} | {row['other_mean']:.1%} | {row['none_mean']:.1%} | {per} |")
+    if ceiling:
+        r = rates(ceiling)
+        lines.append(f"| real shots through the VAE (ceiling) | | | {sum(ceiling.values())} | {r['correct']:.1%} | "
+                     f"{r['confused']:.1%} | {r['other']:.1%} | {r['none']:.1%} | |")
+    lines.append(f"| (chance: uniform guess within each story's cast) | | | | {chance:.1%} | {1 - chance:.1%} | | | |")
     return "\n".join(lines)
+
+
+def goal_check(summary: dict, target: float = 0.60) -> list[str]:
+    """The goal stated before the run (docs/proof.md), checked on the R2S rows without the patch."""
+    out = []
+    for init in ("prior", "scratch"):
+        racl, zero = summary.get(("r2s", init, "racl")), summary.get(("r2s", init, "noracl"))
+        if racl is None or zero is None:
+            continue
+        spread = max(racl["correct_max"] - racl["correct_min"], zero["correct_max"] - zero["correct_min"])
+        diff = racl["correct_mean"] - zero["correct_mean"]
+        paired = [a["correct"] - b["correct"] for a, b in zip(racl["per_seed"], zero["per_seed"])]
+        where = "video prior" if init == "prior" else "scratch (for comparison)"
+        out.append(f"- {where}: plain R2S identity accuracy {racl['correct_mean']:.1%} (RACL) / "
+                   f"{zero['correct_mean']:.1%} (lambda 0) against the {target:.0%} goal: "
+                   f"{'met' if racl['correct_mean'] >= target else 'NOT met'}; RACL minus lambda 0 = {diff:+.1%} "
+                   f"against a seed spread (largest min–max range) of {spread:.1%}: "
+                   f"{'met' if diff > spread else 'NOT met'} (per seed: "
+                   + ", ".join(f"{d:+.1%}" for d in paired) + ")")
+    return out
+
+
+def choice_analysis(results: list[dict], stories: list[StorySpec], condition: str) -> dict:
+    """How a condition's cast choices go wrong, over cells' per-story ``found`` lists: which of the
+    story's references (in reference order) the generated character is, against which it should be,
+    and how often a shot repeats the character generated in the shot before it (never in the data:
+    a story's shots show three different characters)."""
+    by_id = {s.id: s for s in stories}
+    picked = np.zeros(4)
+    wanted = np.zeros(4)
+    repeats = shots = 0
+    for r in results:
+        for entry in r["per_story"]:
+            spec = by_id[entry["id"]]
+            order = list(spec.cast.values())
+            found = [row[0] for row in entry[condition + "_found"]]
+            for j, f in enumerate(found):
+                wanted[order.index(spec.shots[j][0].character)] += 1
+                if f in order:
+                    picked[order.index(f)] += 1
+                if j:
+                    shots += 1
+                    repeats += int(f is not None and f == found[j - 1])
+    return {"reference_picked": (picked / max(1, wanted.sum())).round(4).tolist(),
+            "reference_wanted": (wanted / max(1, wanted.sum())).round(4).tolist(),
+            "repeats_previous_shot": round(repeats / max(1, shots), 4)}

@@ -20,11 +20,12 @@ import torch
 from ..comfy_bridge.random_wan import fill_random, random_wan_dit
 from ..atomic import atomic_save_safetensors
 from .dataset import ROLES, SLOTS
+from .videos import WORDS as VIDEO_WORDS
 
 TINY_UMT5_CONFIG = {"d_model": 4096, "num_layers": 24, "num_heads": 1, "d_kv": 16, "d_ff": 16, "vocab_size": 512}
 DIT_SIZE = {"dim": 256, "ffn_dim": 1024, "num_layers": 4}
 
-_WORDS = [*ROLES, *SLOTS, "at", "and", "a", "the", "with", "in",
+_WORDS = [*ROLES, *SLOTS, *VIDEO_WORDS, "at", "and", "a", "the", "with", "in",
           "on", "shape", "character", "scene", "story", "blurry", "low", "quality"]
 # The random UMT5 keeps each word itself: embeddings at unit scale per element and the attention / FFN
 # output projections scaled down, so 24 random layers add context instead of replacing the word.
@@ -96,3 +97,24 @@ def write_text_encoder(path: str | Path, seed: int) -> Path:
     sd = dict(model.state_dict())
     sd["spiece_model"] = torch.frombuffer(bytearray(_spiece_model(seed)), dtype=torch.uint8)
     return atomic_save_safetensors(path, sd)
+
+
+def merge_deltas(dit: str | Path, trained: str | Path, out: str | Path) -> Path:
+    """A DiT file with a full fine-tune's ``.diff`` / ``.diff_b`` deltas added to its weights (what
+    ComfyUI's LoRA loader applies at strength 1): the video prior as a plain Wan2.1 checkpoint."""
+    import safetensors.torch
+
+    base = safetensors.torch.load_file(str(dit))
+    merged = dict(base)
+    for key, delta in safetensors.torch.load_file(str(trained)).items():
+        name = key.removeprefix("diffusion_model.")
+        if name.endswith(".diff"):
+            target = name[: -len(".diff")] + ".weight"
+        elif name.endswith(".diff_b"):
+            target = name[: -len(".diff_b")] + ".bias"
+        else:
+            raise ValueError(f"{trained}: {key} is not a full fine-tune delta (.diff / .diff_b): cannot merge it")
+        if target not in base or base[target].shape != delta.shape:
+            raise ValueError(f"{trained}: {key} does not match a weight of {dit}")
+        merged[target] = (base[target].double() + delta.double()).to(base[target].dtype)
+    return atomic_save_safetensors(out, merged)

@@ -94,6 +94,10 @@ def encode_sequence(seq: SequenceEntry, root: Path, vae, encode_text, cfg: Train
     """(tensors, metadata dict) of one sequence. ``encode_text(text) -> [1, L, C]``."""
     from ..packing import encode_references, shot_video
 
+    if seq.is_video:
+        from .video import encode_video
+
+        return encode_video(seq, root, vae, encode_text, cfg)
     d = cfg.data
     dt = _DTYPES[d.cache_dtype]
     shots = seq.shots[:d.max_shots]
@@ -223,6 +227,7 @@ class CachedSequence:
     width: int
     height: int
     repeat: int
+    kind: str = "story"                   # "video": a video record, one clip as its only shot (modes.t2v)
 
     @property
     def num_shots(self) -> int:
@@ -280,7 +285,7 @@ class CacheReader:
             ref_masks=[t.get(f"mask.ref.{r}") for r in range(len(meta["ref_characters"]))],
             shot_characters=[list(s["characters"]) for s in meta["shots"]],
             shot_masks=[{c: t[f"mask.shot.{j}.{c}"] for c in s["masked"]} for j, s in enumerate(meta["shots"])],
-            width=meta["width"], height=meta["height"], repeat=meta["repeat"])
+            width=meta["width"], height=meta["height"], repeat=meta["repeat"], kind=meta.get("kind", "story"))
 
 
 class _Placeholders(dict):
@@ -310,7 +315,10 @@ class Sample:
 
 def feasible_modes(seq: CachedSequence, max_shots: int, max_latent_frames: int,
                    s2s_keep_references: bool = True) -> list[str]:
-    """Which modes this sequence can train (R2S needs a reference, S2S two shots)."""
+    """Which modes this sequence can train (R2S needs a reference, S2S two shots; a video record
+    trains only text_to_video, when its clip fits max_latent_frames)."""
+    if seq.kind == "video":
+        return ["text_to_video"] if seq.frames_per_shot <= max_latent_frames else []
     out = ["text_to_shot"]
     if _fit(seq, "reference_to_shot", max_shots, max_latent_frames)[1]:
         out.append("reference_to_shot")

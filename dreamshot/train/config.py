@@ -100,6 +100,7 @@ class ModesConfig:
     t2s: float = 0.2                 # text-to-shot: no references, every shot noised
     s2s: float = 0.3                 # shot-to-shot: a random prefix of shots clean, the rest noised
     s2s_keep_references: bool = True
+    t2v: float = 0.0                 # text-to-video: a video record's clip, all frames noised, one caption
 
 
 @dataclass
@@ -175,9 +176,9 @@ class TrainConfig:
         return Path(self.train.output_dir)
 
     def mode_ratios(self) -> dict[str, float]:
-        total = self.modes.r2s + self.modes.t2s + self.modes.s2s
+        total = self.modes.r2s + self.modes.t2s + self.modes.s2s + self.modes.t2v
         return {"reference_to_shot": self.modes.r2s / total, "text_to_shot": self.modes.t2s / total,
-                "shot_to_shot": self.modes.s2s / total}
+                "shot_to_shot": self.modes.s2s / total, "text_to_video": self.modes.t2v / total}
 
     def racl_layers(self) -> tuple[int, ...] | None:
         return None if self.racl.layers == "all" else tuple(self.racl.layers)
@@ -243,11 +244,11 @@ class TrainConfig:
         if not t.lora_name or "/" in t.lora_name or "\\" in t.lora_name:
             raise ConfigError("train.lora_name must be a plain file name (no folders)")
         md = self.modes
-        for key, v in (("modes.r2s", md.r2s), ("modes.t2s", md.t2s), ("modes.s2s", md.s2s)):
+        for key, v in (("modes.r2s", md.r2s), ("modes.t2s", md.t2s), ("modes.s2s", md.s2s), ("modes.t2v", md.t2v)):
             if v < 0 or not math.isfinite(v):
                 raise ConfigError(f"{key} = {v}: ratios must be >= 0")
-        if md.r2s + md.t2s + md.s2s <= 0:
-            raise ConfigError("modes: at least one of r2s, t2s, s2s must be > 0")
+        if md.r2s + md.t2s + md.s2s + md.t2v <= 0:
+            raise ConfigError("modes: at least one of r2s, t2s, s2s, t2v must be > 0")
         r = self.racl
         if r.lambda_racl < 0:
             raise ConfigError("racl.lambda_racl must be >= 0 (0 disables RACL)")
@@ -428,11 +429,17 @@ def _toml_value(v) -> str:
     raise TypeError(f"cannot write {type(v).__name__} to TOML")
 
 
-def dump_toml(cfg: TrainConfig) -> str:
-    """The resolved config as TOML (loads back with ``load_config``)."""
-    lines = ["# Resolved DreamShot training config (written by python -m dreamshot.train)."]
-    for section, values in cfg.to_dict().items():
+def toml_text(sections: dict[str, dict], comment: str = "") -> str:
+    """``{section: {key: value}}`` as TOML: the package's one TOML writer (values: bool, int, float,
+    str, list, dict)."""
+    lines = [f"# {comment}"] if comment else []
+    for section, values in sections.items():
         lines.append(f"\n[{section}]")
         for key, value in values.items():
             lines.append(f"{key} = {_toml_value(value)}")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def dump_toml(cfg: TrainConfig) -> str:
+    """The resolved config as TOML (loads back with ``load_config``)."""
+    return toml_text(cfg.to_dict(), "Resolved DreamShot training config (written by python -m dreamshot.train).")

@@ -47,6 +47,21 @@ Fields
     non-empty description is the caption the reference frames cross-attend to.
 
 Every id listed in a shot's ``characters`` must be a key of the sequence's ``characters``.
+
+Video records
+~~~~~~~~~~~~~
+A line may instead hold one **video clip** for plain text-to-video training (``modes.t2v``: every
+frame noised, one caption for all of them)::
+
+    {"id": "clip0001", "video": {"frames": ["clip0001/f00.png", "...", "clip0001/f08.png"],
+                                 "caption": "Mira enters from left, Theo at right."}}
+
+- ``video.frames`` (list of image paths, required): the clip's pixel frames in order, ``1 + 4k``
+  of them (Wan's VAE encodes 1 + 4k frames to 1 + k latent frames).
+- ``video.caption`` (string, required, may be ""): the caption every latent frame cross-attends to.
+
+A video record has no ``shots`` or ``characters``; it trains only ``modes.t2v`` (and the story
+modes never draw it).
 Images of any size are fitted to the training size when cached (``data.shot_fit``,
 ``data.reference_fit``; masks are fitted exactly like their image). Lines that are empty or
 start with ``#`` are skipped. Unknown keys are refused (a typo would silently drop data).
@@ -70,6 +85,8 @@ MANIFEST = "manifest.jsonl"
 FORMAT_VERSION = 1
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _SEQ_KEYS = {"id", "shots", "characters"}
+_VIDEO_SEQ_KEYS = {"id", "video"}
+_VIDEO_KEYS = {"frames", "caption"}
 _SHOT_KEYS = {"image", "caption", "characters", "masks"}
 _CHAR_KEYS = {"name", "reference", "mask", "description"}
 
@@ -99,6 +116,7 @@ class ShotEntry:
     caption: str
     characters: tuple[str, ...] = ()
     masks: tuple[tuple[str, str], ...] = ()   # (character id, mask path)
+    frames: tuple[str, ...] = ()   # a video record's clip: every pixel frame (``image`` is the first)
 
 
 @dataclass(frozen=True)
@@ -115,10 +133,16 @@ class SequenceEntry:
                 return c
         raise KeyError(cid)
 
+    @property
+    def is_video(self) -> bool:
+        """A video record: one clip (its only shot) trained as text-to-video."""
+        return any(s.frames for s in self.shots)
+
     def files(self) -> list[str]:
         out = []
         for s in self.shots:
             out.append(s.image)
+            out.extend(s.frames[1:])
             out.extend(p for _, p in s.masks)
         for c in self.characters:
             out.extend(c.references)
@@ -199,6 +223,28 @@ def _parse_shot(chk: FieldChecker, j: int, raw, cast: set[str]) -> ShotEntry | N
     return ShotEntry(image or "", caption, tuple(chars), tuple(masks))
 
 
+def _parse_video(chk: FieldChecker, raw) -> ShotEntry | None:
+    if not isinstance(raw, dict):
+        chk.bad("video", "expected an object {frames: [image paths], caption: text}")
+        return None
+    chk.unknown("video.", raw, _VIDEO_KEYS)
+    frames_raw = raw.get("frames")
+    if not isinstance(frames_raw, list) or not frames_raw:
+        chk.bad("video.frames", "expected a non-empty list of frame image paths")
+        return None
+    if len(frames_raw) % 4 != 1:
+        n = len(frames_raw)
+        chk.bad("video.frames", f"{n} frames: a clip has 1 + 4k frames (Wan's VAE compresses time 4x after "
+                f"the first frame); use {n - (n - 1) % 4} or {n - (n - 1) % 4 + 4}")
+    frames = [chk.path(f"video.frames[{i}]", f) for i, f in enumerate(frames_raw)]
+    if "caption" not in raw:
+        chk.bad("video.caption", "missing (use \"\" for a clip without caption)")
+    caption = chk.string("video.caption", raw.get("caption"))
+    if any(f is None for f in frames):
+        return None
+    return ShotEntry(frames[0], caption, frames=tuple(frames))
+
+
 def parse_sequence(raw, where: str, root: Path, check_files: bool = True,
                    line: int = 0, source: str = "") -> tuple[SequenceEntry | None, list[str]]:
     """One manifest object -> (SequenceEntry or None, problems)."""
@@ -206,11 +252,17 @@ def parse_sequence(raw, where: str, root: Path, check_files: bool = True,
     if not isinstance(raw, dict):
         chk.bad("(line)", f"expected a JSON object, got {type(raw).__name__}")
         return None, chk.problems
-    chk.unknown("", raw, _SEQ_KEYS)
+    video = "video" in raw
+    chk.unknown("", raw, _VIDEO_SEQ_KEYS if video else _SEQ_KEYS)
     sid = raw.get("id")
     if not isinstance(sid, str) or not _ID_RE.match(sid):
         chk.bad("id", f"{sid!r}: expected a string of letters, digits, '.', '_' and '-' (at most 128)")
         sid = None
+    if video:
+        clip = _parse_video(chk, raw["video"])
+        if chk.problems or sid is None or clip is None:
+            return None, chk.problems
+        return SequenceEntry(sid, line, (clip,), (), source), []
     chars_raw = raw.get("characters", {})
     characters: list[CharacterEntry] = []
     if not isinstance(chars_raw, dict):

@@ -21,7 +21,7 @@ FORMAT_VERSION = "1"
 
 def lora_metadata(cfg: TrainConfig, base_model: str, step: int, dataset_hash: str = "") -> dict[str, str]:
     lo = cfg.lora
-    modes = {"r2s": cfg.modes.r2s, "t2s": cfg.modes.t2s, "s2s": cfg.modes.s2s}
+    modes = {"r2s": cfg.modes.r2s, "t2s": cfg.modes.t2s, "s2s": cfg.modes.s2s, "t2v": cfg.modes.t2v}
     racl = {"lambda": cfg.racl.lambda_racl, "layers": cfg.racl.layers, "kind": cfg.racl.kind}
     meta = {
         "dreamshot.format_version": FORMAT_VERSION,

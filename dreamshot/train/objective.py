@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import torch
 
-MODES = ("reference_to_shot", "text_to_shot", "shot_to_shot")
+STORY_MODES = ("reference_to_shot", "text_to_shot", "shot_to_shot")
+# text_to_video: a video record's clip, every frame noised, one caption (plain Wan T2V; e.g. a prior)
+MODES = STORY_MODES + ("text_to_video",)
 
 
 def shift_sigma(t: torch.Tensor, shift: float) -> torch.Tensor:
@@ -74,7 +76,9 @@ def flow_matching_loss(denoised: torch.Tensor, x_t: torch.Tensor, x0: torch.Tens
 
 def choose_mode(generator: torch.Generator, ratios: dict[str, float], feasible: list[str]) -> str:
     """Draw a mode with the configured ratios, renormalised over the modes this sample allows."""
-    weights = torch.tensor([ratios.get(m, 0.0) if m in feasible else 0.0 for m in MODES], dtype=torch.float64)
+    # A story draws over the story modes only: the same draws as before video records existed.
+    modes = MODES if "text_to_video" in feasible else STORY_MODES
+    weights = torch.tensor([ratios.get(m, 0.0) if m in feasible else 0.0 for m in modes], dtype=torch.float64)
     if weights.sum() <= 0:
         raise ValueError(f"no mode with a ratio > 0 fits this sample (it allows {feasible})")
-    return MODES[int(torch.multinomial(weights, 1, generator=generator))]
+    return modes[int(torch.multinomial(weights, 1, generator=generator))]

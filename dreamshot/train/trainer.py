@@ -170,7 +170,8 @@ class Trainer:
         if bad:
             raise ValueError(f"{len(bad)} sequence(s) fit no mode with a ratio > 0 ({', '.join(bad[:5])}): "
                              "reference_to_shot needs a character reference, shot_to_shot two shots; give "
-                             "modes.t2s a ratio > 0 or fix the data")
+                             "modes.t2s a ratio > 0 or fix the data (a video record trains only with "
+                             "modes.t2v > 0 and at most data.max_latent_frames latent frames)")
         self.dataset_hash = dataset_hash(self.data.index)
 
     def sequence_index(self, micro_step: int) -> int:
