@@ -37,3 +37,21 @@ def test_text_to_shot_without_cast_ignores_masks_of_names_in_the_script(N, story
                      width=16, height=16)
     assert not problems(spec)
     assert run_story(N, story_models, spec).images.shape == (1, 16, 16, 3)
+
+
+def test_a_chunk_of_kept_shots_is_not_held_to_the_frame_budget(N, story_models):
+    """Found while checking the fuzzer's budget oracle: edit, six shots in chunks of three, shots 1-3
+    (with Ann's two references) locked. Pass 1 is never sampled (all its shots are kept), yet the
+    sampler refused the story because pass 1 would be 5 latent frames > max_latent_frames 4 — an error
+    about a pass that does not run; pass 2 (3 frames, no references) fits."""
+    spec = StorySpec(chars=(CharSpec("Ann", refs=2),),
+                     shots=tuple(ShotSpec("a walk", ("Ann",) if j < 3 else ()) for j in range(6)),
+                     mode="edit", keyframes=True, lock=(1, 2, 3), chunk_size=3, max_latent_frames=4)
+    assert not problems(spec)
+    run = run_story(N, story_models, spec)
+    for j in range(3):
+        assert torch.equal(run.images[j], run.inputs["keyframes"][j])
+    # A pass that does run is still held to it.
+    over = spec.replace(lock=(4, 5, 6), max_latent_frames=4)
+    with pytest.raises(ValueError, match="DreamShot Sampler: input 'chunk_size': pass 1"):
+        run_story(N, story_models, over)
