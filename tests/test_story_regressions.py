@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from support.story_fuzz import CharSpec, ShotSpec, StorySpec, given_shots, problems, run_story, story_inputs
+from support.story_fuzz import CharSpec, ShotSpec, StorySpec, problems, run_story, story_inputs
 
 pytestmark = pytest.mark.comfyui
 
