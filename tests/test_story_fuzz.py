@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import HealthCheck, assume, event, given, note, seed, settings
+from hypothesis import HealthCheck, event, given, note, seed, settings
 from hypothesis import strategies as st
 from hypothesis.database import DirectoryBasedExampleDatabase
 
@@ -35,13 +35,13 @@ pytestmark = pytest.mark.comfyui
 _DB = DirectoryBasedExampleDatabase(
     os.environ.get("DREAMSHOT_HYPOTHESIS_DB") or str(Path.home() / ".cache" / "dreamshot-hypothesis"))
 _COMMON = dict(deadline=None, database=_DB, print_blob=True,
-               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much,
                                       HealthCheck.function_scoped_fixture])
-settings.register_profile("ci", max_examples=30, **_COMMON)
+settings.register_profile("ci", max_examples=40, **_COMMON)
 settings.register_profile("nightly", max_examples=400, **_COMMON)
 settings.load_profile(os.environ.get("DREAMSHOT_FUZZ", "ci"))
 # Per test, a share of the profile's examples (the first test checks the most).
-SHARE = {"any": 1.0, "chunks": 0.5, "racl": 0.3}
+SHARE = {"any": 1.0, "chunks": 0.4, "racl": 0.4}
 FUZZ_SEED = 18
 
 
@@ -73,10 +73,12 @@ def boxes(draw, names: tuple[str, ...], width: int, height: int) -> str:
 
 
 @st.composite
-def stories(draw, valid_modes: bool = True) -> StorySpec:
+def stories(draw, valid_modes: bool = True, chunked: bool = False, racl: bool | None = None) -> StorySpec:
     """A story and its settings. ``valid_modes``: most stories give images to the shots the way their
-    mode needs (else the mode checks refuse nearly every story); the rest are drawn freely."""
-    n_chars = draw(st.integers(0, 3))
+    mode needs (else the mode checks refuse nearly every story); the rest are drawn freely.
+    ``chunked``: always more shots than chunk_size > 0. ``racl``: always (True) / never (False) /
+    sometimes (None) an RACL Attention Patch."""
+    n_chars = draw(st.sampled_from((0, 1, 1, 2, 2, 3, 3)))
     chars = tuple(CharSpec(name=NAMES[i], refs=draw(st.integers(1, 2)),
                            size=(draw(st.sampled_from(SIZES)), draw(st.sampled_from(SIZES))),
                            mask=draw(st.booleans()),
@@ -86,10 +88,10 @@ def stories(draw, valid_modes: bool = True) -> StorySpec:
                   for i in range(n_chars))
     names = tuple(c.name for c in chars)
     width, height = draw(st.sampled_from(SIZES)), draw(st.sampled_from(SIZES))
-    n_shots = draw(st.integers(1, 7))
+    n_shots = draw(st.integers(2 if chunked else 1, 7))
     mode = draw(st.sampled_from(MODES))
     keyframes = draw(st.booleans())
-    if valid_modes and draw(st.integers(0, 9)) < 8:
+    if valid_modes and draw(st.sampled_from((True,) * 4 + (False,))):
         if mode in ("shot_to_shot", "edit") and n_shots >= 2:
             if mode == "shot_to_shot":
                 k = draw(st.integers(1, n_shots - 1))
@@ -106,19 +108,22 @@ def stories(draw, valid_modes: bool = True) -> StorySpec:
     else:
         images = draw(st.lists(st.booleans(), min_size=n_shots, max_size=n_shots))
         lock = tuple(sorted(draw(st.sets(st.integers(1, n_shots + 1), max_size=n_shots))))
+    # One story in ten has a shot naming someone with no reference (sampled_from: uniform, where
+    # integers() favours its bounds).
+    stranger = draw(st.sampled_from((-1,) * 9 + (n_shots - 1,)))
     shots = []
     for j in range(n_shots):
         cast = tuple(draw(st.lists(st.sampled_from(names), unique=True, max_size=3))) if names else ()
-        if draw(st.integers(0, 19)) == 0:
-            cast += ("Zed",)   # a name with no Character Reference
+        if j == stranger:
+            cast += ("Zed",)
         known = tuple(n for n in cast if n in names)
         shots.append(ShotSpec(prompt=draw(st.sampled_from(PROMPTS)), characters=cast, image=images[j],
                               boxes=draw(boxes(known, width, height)) if known else "",
                               masks=bool(cast) and draw(st.booleans()),
                               seed=draw(st.sampled_from((-1, -1, -1, 7)))))
-    racl = None
-    if draw(st.booleans()):
-        racl = RaclSpec(strength=draw(st.sampled_from((0.0, 0.5, 1.0))),
+    patch = None
+    if racl or (racl is None and draw(st.booleans())):
+        patch = RaclSpec(strength=draw(st.sampled_from((0.0, 0.5, 1.0))),
                         start_percent=draw(st.sampled_from((0.0, 0.3))),
                         end_percent=draw(st.sampled_from((0.5, 1.0))),
                         layers=draw(st.sampled_from(("all", "0", "1", "0-1"))),
@@ -129,8 +134,9 @@ def stories(draw, valid_modes: bool = True) -> StorySpec:
                                                                                   "error"))),
         max_latent_frames=draw(st.sampled_from((21, 21, 12, 6))), keyframes=keyframes, lock=lock,
         seed=draw(st.integers(0, 2 ** 32)), steps=draw(st.integers(1, 2)), cfg=draw(st.sampled_from((1.0, 2.0))),
-        ref_cfg=draw(st.sampled_from((1.0, 2.0))), chunk_size=draw(st.integers(0, 4)),
-        context_shots=draw(st.integers(0, 2)), racl=racl, data_seed=draw(st.integers(0, 1000)))
+        ref_cfg=draw(st.sampled_from((1.0, 2.0))),
+        chunk_size=draw(st.integers(1, n_shots - 1) if chunked else st.integers(0, 4)),
+        context_shots=draw(st.integers(0, 2)), racl=patch, data_seed=draw(st.integers(0, 1000)))
 
 
 # -- the checks -------------------------------------------------------------------------------------
@@ -189,10 +195,11 @@ def test_any_story_works_or_names_the_input(N, story_models, pack_module, tmp_pa
 
 @seed(FUZZ_SEED)
 @settings(max_examples=_examples("chunks"))
-@given(spec=stories().filter(lambda s: s.chunk_size > 0 and len(s.shots) > s.chunk_size))
+@given(spec=stories(chunked=True))
 def test_chunked_and_one_pass_keep_the_same_shots(N, story_models, pack_module, spec):
-    assume(not problems(spec))
     run = run_or_refuse(N, story_models, pack_module, spec)
+    if run is None:
+        return
     one_pass = run_or_refuse(N, story_models, pack_module,
                              spec.replace(chunk_size=0, context_shots=0, max_latent_frames=512))
     given = given_shots(spec)
@@ -209,14 +216,15 @@ def test_chunked_and_one_pass_keep_the_same_shots(N, story_models, pack_module, 
 
 @seed(FUZZ_SEED)
 @settings(max_examples=_examples("racl"))
-@given(spec=stories().filter(lambda s: s.racl is not None))
+@given(spec=stories(racl=True))
 def test_racl_patch_at_strength_zero_is_no_patch(N, story_models, pack_module, spec):
     spec = spec.replace(racl=RaclSpec(strength=0.0, start_percent=spec.racl.start_percent,
                                       end_percent=spec.racl.end_percent, layers=spec.racl.layers,
                                       auto_regions=spec.racl.auto_regions))
-    assume(not problems(spec))
     inputs = story_inputs(spec)
     patched = run_or_refuse(N, story_models, pack_module, spec, inputs=inputs)
+    if patched is None:
+        return
     plain = run_or_refuse(N, story_models, pack_module, spec.replace(racl=None), inputs=inputs)
     assert torch.equal(patched.images, plain.images)
     assert torch.equal(patched.latent, plain.latent)
