@@ -38,7 +38,7 @@ _COMMON = dict(deadline=None, database=_DB, print_blob=True,
                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much,
                                       HealthCheck.function_scoped_fixture])
 settings.register_profile("ci", max_examples=40, **_COMMON)
-settings.register_profile("nightly", max_examples=400, **_COMMON)
+settings.register_profile("nightly", max_examples=2000, **_COMMON)
 settings.load_profile(os.environ.get("DREAMSHOT_FUZZ", "ci"))
 # Per test, a share of the profile's examples (the first test checks the most).
 SHARE = {"any": 1.0, "chunks": 0.4, "racl": 0.4}
