@@ -252,6 +252,8 @@ def plan_story(characters: Sequence[Character], shots: Sequence[Shot], width: in
 def _shot_regions(j: int, shot: Shot, names: list[str], width: int, height: int) -> dict[int, object]:
     regions: dict[int, object] = {}
     for name, spec in shot.regions:
+        if name in shot.characters and name not in names:
+            continue   # text_to_shot without a cast: the names are words of the script, no reference to mark
         if name not in shot.characters:
             raise DreamShotInputError(
                 "character_boxes", f"shot {j + 1} gives a region for {name!r}, who is not listed in its characters.",

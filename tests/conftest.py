@@ -50,7 +50,7 @@ _CACHE_SOURCES = (TESTS / "support" / "tiny_models.py",
                   REPO / "dreamshot" / "comfy_bridge" / "random_wan.py")
 # Fixtures that need ComfyUI: a test using one of them is a `comfyui` test.
 COMFY_FIXTURES = {"comfy_root", "comfy_headless", "pack_nodes", "N", "pack_module", "tiny_models_dir", "tiny_wan_model", "tiny_vae",
-                  "tiny_clip"}
+                  "tiny_clip", "story_models"}
 
 
 def pytest_configure(config):
@@ -209,6 +209,8 @@ def N(pack_nodes):
 
     class Runner:
         def __getattr__(self, node_id):
+            if node_id not in pack_nodes:   # an AttributeError, so hasattr() probes (hypothesis) work
+                raise AttributeError(f"no node {node_id!r} in this pack")
             cls = pack_nodes[node_id]
 
             def run(**kwargs):
@@ -225,3 +227,33 @@ def pack_module(pack_nodes):
 
     root = pack_nodes["DreamShotSampler"].__module__.rsplit(".nodes.", 1)[0]
     return lambda name: importlib.import_module(f"{root}.dreamshot.{name}")
+
+
+class MemoClip:
+    """A ComfyUI CLIP whose encodings are remembered per text: whole-story tests draw their prompts from a
+    few words, and the tiny UMT5 takes ~1 s a prompt on this CPU. tokenize/encode_from_tokens are the
+    real ones (Shot Sequence Pack calls exactly these two)."""
+
+    def __init__(self, clip):
+        self.clip, self.memo = clip, {}
+
+    def tokenize(self, text):
+        return text
+
+    def encode_from_tokens(self, text):
+        if text not in self.memo:
+            self.memo[text] = self.clip.encode_from_tokens(self.clip.tokenize(text))
+        return self.memo[text]
+
+
+@pytest.fixture(scope="session")
+def story_models(N, pack_module, tiny_wan_model, tiny_clip):
+    """(MODEL, VAE, CLIP) for whole-story tests (support.story_fuzz): the tiny DiT through Load DreamShot
+    Model, the proof's block VAE (exact set weights in ComfyUI's Wan VAE module, run frame by frame: ~100x
+    faster than the random full Wan VAE, equal to ComfyUI's VAE on those weights, tests/test_proof_models.py)
+    and the tiny UMT5 tokenizing without padding to 512 tokens (a clone: tiny_clip is unchanged), memoised."""
+    block_vae = pack_module("proof.block_vae")
+    clip = tiny_clip.clone()
+    clip.set_tokenizer_option("umt5xxl_min_length", 1)
+    (model,) = N.LoadDreamShotModel(model=tiny_wan_model, lora_name="None", strength=1.0)
+    return model, block_vae.BlockVAE(block_vae.build_block_vae()), MemoClip(clip)

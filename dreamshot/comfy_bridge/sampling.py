@@ -167,11 +167,12 @@ def pass_frame_counts(plan, chunks) -> list[int]:
     return counts
 
 
-def check_pass_budget(plan, chunks) -> None:
-    """Refuse a pass longer than the pack's max_latent_frames, before anything is sampled."""
+def check_pass_budget(plan, chunks, kept=()) -> None:
+    """Refuse a pass longer than the pack's max_latent_frames, before anything is sampled. A chunk
+    whose shots are all in ``kept`` is never sampled, so it is not checked."""
     limit = plan.max_latent_frames
     for n, ((context, targets), frames) in enumerate(zip(chunks, pass_frame_counts(plan, chunks))):
-        if frames <= limit:
+        if frames <= limit or all(j in kept for j in targets):
             continue
         if len(chunks) == 1:
             raise DreamShotInputError(
@@ -269,9 +270,9 @@ def sample_long_story(model, sequence, seed: int, steps: int, cfg: float, sample
         raise DreamShotInputError("variants", f"variants must be at least 1, got {variants}.", "use 1 or more.")
     plan, lay = sequence.plan, sequence.layout
     chunks = plan_chunks(lay.num_shots, chunk_size, context_shots)
-    check_pass_budget(plan, chunks)
     kept = {j: plan.shot_images[j] for j, clean in enumerate(lay.clean_shots) if clean}
     given = {**kept, **(done or {})}
+    check_pass_budget(plan, chunks, given)
     todo = [(context, targets) for context, targets in chunks if not all(j in given for j in targets)]
     own = [shot.seed for shot in plan.shots]
     if variants > 1 and all(own[j] is not None for j in lay.generated_shots):
