@@ -35,6 +35,7 @@ from support.comfy_host import (  # noqa: E402
     find_comfyui,
     load_pack_in_process,
 )
+from support.memo_clip import MemoClip  # noqa: E402
 
 log = logging.getLogger("DreamShot.tests")
 
@@ -227,23 +228,6 @@ def pack_module(pack_nodes):
 
     root = pack_nodes["DreamShotSampler"].__module__.rsplit(".nodes.", 1)[0]
     return lambda name: importlib.import_module(f"{root}.dreamshot.{name}")
-
-
-class MemoClip:
-    """A ComfyUI CLIP whose encodings are remembered per text: whole-story tests draw their prompts from a
-    few words, and the tiny UMT5 takes ~1 s a prompt on this CPU. tokenize/encode_from_tokens are the
-    real ones (Shot Sequence Pack calls exactly these two)."""
-
-    def __init__(self, clip):
-        self.clip, self.memo = clip, {}
-
-    def tokenize(self, text):
-        return text
-
-    def encode_from_tokens(self, text):
-        if text not in self.memo:
-            self.memo[text] = self.clip.encode_from_tokens(self.clip.tokenize(text))
-        return self.memo[text]
 
 
 @pytest.fixture(scope="session")

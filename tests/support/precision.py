@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .memo_clip import MemoClip
+
 SIZE = 32          # 32x32 pixels: 4x4 latent, 2x2 = 4 tokens per latent frame
 PROMPTS = [("Mira and Theo at a bus stop", "Mira, Theo"), ("Mira alone in the rain", "Mira"),
            ("Theo reads a letter", "Theo")]
@@ -104,25 +106,6 @@ def compute_dtype(model) -> torch.dtype:
     base = model.model
     cast = model.object_patches.get("manual_cast_dtype", base.manual_cast_dtype)
     return cast if cast is not None else base.get_dtype()
-
-
-class MemoClip:
-    """The real ComfyUI CLIP, each distinct text encoded once per process (tests only). Shot Sequence
-    Pack calls ``tokenize`` then ``encode_from_tokens_scheduled``; both reach the real encoder."""
-
-    _cache: dict = {}
-
-    def __init__(self, clip):
-        self.clip = clip
-
-    def tokenize(self, text):
-        return text
-
-    def encode_from_tokens_scheduled(self, text):
-        key = (id(self.clip), text)
-        if key not in self._cache:
-            self._cache[key] = self.clip.encode_from_tokens_scheduled(self.clip.tokenize(text))
-        return self._cache[key]
 
 
 def image(seed: int, h: int = SIZE, w: int = SIZE) -> torch.Tensor:
