@@ -143,23 +143,76 @@ def wrap_text(text: str, font, width: float, max_lines: int) -> list[str]:
     return lines
 
 
-def _draw_caption(draw, x: int, ty: int, j: int, text_w: int, line_h: int, label, body, tags, characters,
-                  lines: Sequence[str]) -> None:
+@dataclass(frozen=True)
+class _Metrics:
+    """Sizes and fonts of a sheet, from the keyframe width and the style; the text block is the same
+    height under every cell so rows line up."""
+
+    cell_w: int
+    cell_h: int
+    font_size: int
+    margin: int
+    gutter: int
+    line_h: int
+    body: object
+    label: object
+    heading: object
+    text_w: int
+    caption_lines: list
+    has_names: bool
+    text_h: int
+    title_text: str
+    title_h: int
+
+
+def _measure(images: torch.Tensor, captions, characters, title: str, style: SheetStyle, num: int) -> _Metrics:
+    src_h, src_w = int(images.shape[1]), int(images.shape[2])
+    cell_w = max(style.cell_width or min(src_w, 640), 96)
+    cell_h = max(1, round(src_h * cell_w / src_w))
+    font_size = style.font_size or max(12, round(cell_w / 30))
+    margin = style.margin if style.margin is not None else max(16, font_size * 2)
+    gutter = style.gutter if style.gutter is not None else max(12, font_size)
+    line_h = round(font_size * 1.3)
+    body = _font(font_size, style.font)
+    heading = _font(round(font_size * 2), style.font)
+    text_w = cell_w - 2
+    caption_lines = [wrap_text(c, body, text_w, style.max_caption_lines) if c else [] for c in (captions or [""] * num)]
+    has_names = characters is not None and any(characters)
+    text_h = round(line_h * 1.25) + (line_h if has_names else 0) + line_h * max(len(x) for x in caption_lines) \
+        + line_h // 2
+    title_text = _clean_text(title, heading)
+    title_h = round(font_size * 2 * 1.3) + margin if title_text else 0
+    return _Metrics(cell_w, cell_h, font_size, margin, gutter, line_h, body, _font(round(font_size * 1.15), style.font),
+                    heading, text_w, caption_lines, has_names, text_h, title_text, title_h)
+
+
+def _blank_sheet(m: _Metrics, width: int, height: int):
+    """(sheet, draw): a white page with the title and its rule drawn."""
+    sheet = Image.new("RGB", (width, height), BACKGROUND)
+    draw = ImageDraw.Draw(sheet)
+    if m.title_text:
+        draw.text((m.margin, m.margin), _fit(m.title_text, m.heading, width - 2 * m.margin), font=m.heading, fill=INK)
+        y_rule = m.margin + round(m.font_size * 2 * 1.3) + m.margin // 2
+        draw.line([(m.margin, y_rule), (width - m.margin, y_rule)], fill=FRAME, width=1)
+    return sheet, draw
+
+
+def _draw_caption(draw, m: _Metrics, x: int, ty: int, j: int, tags, characters) -> None:
     """Shot j's caption from (x, ty): "Shot N" and its tag, the names of its cast (when ``characters``
     is given), then its wrapped prompt lines."""
     heading_text = f"Shot {j + 1}"
-    draw.text((x, ty), heading_text, font=label, fill=INK)
+    draw.text((x, ty), heading_text, font=m.label, fill=INK)
     if tags is not None and tags[j]:
-        tx = x + label.getlength(heading_text + "  ")
-        draw.text((tx, ty), _fit(_clean_text(tags[j], body), body, x + text_w - tx), font=body, fill=ACCENT)
-    ty += round(line_h * 1.25)
+        tx = x + m.label.getlength(heading_text + "  ")
+        draw.text((tx, ty), _fit(_clean_text(tags[j], m.body), m.body, x + m.text_w - tx), font=m.body, fill=ACCENT)
+    ty += round(m.line_h * 1.25)
     if characters is not None:
-        names = ", ".join(n for n in (_clean_text(n, body) for n in characters[j]) if n)
-        draw.text((x, ty), _fit(names, body, text_w) if names else "", font=body, fill=ACCENT)
-        ty += line_h
-    for line in lines:
-        draw.text((x, ty), line, font=body, fill=MUTED)
-        ty += line_h
+        names = ", ".join(n for n in (_clean_text(n, m.body) for n in characters[j]) if n)
+        draw.text((x, ty), _fit(names, m.body, m.text_w) if names else "", font=m.body, fill=ACCENT)
+        ty += m.line_h
+    for line in m.caption_lines[j]:
+        draw.text((x, ty), line, font=m.body, fill=MUTED)
+        ty += m.line_h
 
 
 def _to_pil(image: torch.Tensor) -> Image.Image:
@@ -211,55 +264,30 @@ def render_sheet(images: torch.Tensor, captions: Sequence[str] | None = None,
     cols = min(columns or auto_columns(num), num)
     rows = math.ceil(num / cols)
 
-    src_h, src_w = int(images.shape[1]), int(images.shape[2])
-    cell_w = style.cell_width or min(src_w, 640)
-    cell_w = max(cell_w, 96)
-    cell_h = max(1, round(src_h * cell_w / src_w))
-    font_size = style.font_size or max(12, round(cell_w / 30))
-    margin = style.margin if style.margin is not None else max(16, font_size * 2)
-    gutter = style.gutter if style.gutter is not None else max(12, font_size)
-    line_h = round(font_size * 1.3)
-    body = _font(font_size, style.font)
-    label = _font(round(font_size * 1.15), style.font)
-    heading = _font(round(font_size * 2), style.font)
+    m = _measure(images, captions, characters, title, style, num)
 
-    text_w = cell_w - 2
-    caption_lines = [wrap_text(c, body, text_w, style.max_caption_lines) if c else [] for c in (captions or [""] * num)]
-    has_names = characters is not None and any(characters)
-    # Every cell gets the same text block so rows line up.
-    text_h = round(line_h * 1.25) + (line_h if has_names else 0) + line_h * max(len(x) for x in caption_lines) \
-        + line_h // 2
-    title_text = _clean_text(title, heading)
-    title_h = round(font_size * 2 * 1.3) + margin if title_text else 0
+    width = 2 * m.margin + cols * m.cell_w + (cols - 1) * m.gutter
+    height = 2 * m.margin + m.title_h + rows * (m.cell_h + m.text_h) + (rows - 1) * m.gutter
+    sheet, draw = _blank_sheet(m, width, height)
 
-    width = 2 * margin + cols * cell_w + (cols - 1) * gutter
-    height = 2 * margin + title_h + rows * (cell_h + text_h) + (rows - 1) * gutter
-    sheet = Image.new("RGB", (width, height), BACKGROUND)
-    draw = ImageDraw.Draw(sheet)
-    if title_text:
-        draw.text((margin, margin), _fit(title_text, heading, width - 2 * margin), font=heading, fill=INK)
-        y_rule = margin + round(font_size * 2 * 1.3) + margin // 2
-        draw.line([(margin, y_rule), (width - margin, y_rule)], fill=FRAME, width=1)
-
-    badge_pad = max(4, font_size // 3)
+    badge_pad = max(4, m.font_size // 3)
     for j in range(num):
         r, c = divmod(j, cols)
-        x = margin + c * (cell_w + gutter)
-        y = margin + title_h + r * (cell_h + text_h + gutter)
+        x = m.margin + c * (m.cell_w + m.gutter)
+        y = m.margin + m.title_h + r * (m.cell_h + m.text_h + m.gutter)
         thumb = _to_pil(images[j])
-        if thumb.size != (cell_w, cell_h):
-            thumb = thumb.resize((cell_w, cell_h), Image.LANCZOS)
+        if thumb.size != (m.cell_w, m.cell_h):
+            thumb = thumb.resize((m.cell_w, m.cell_h), Image.LANCZOS)
         sheet.paste(thumb, (x, y))
-        draw.rectangle([x - 1, y - 1, x + cell_w, y + cell_h], outline=FRAME, width=1)
+        draw.rectangle([x - 1, y - 1, x + m.cell_w, y + m.cell_h], outline=FRAME, width=1)
         # Shot number badge on the image.
         number = str(j + 1)
-        box_w = round(label.getlength(number)) + 2 * badge_pad
-        box_h = line_h + badge_pad
+        box_w = round(m.label.getlength(number)) + 2 * badge_pad
+        box_h = m.line_h + badge_pad
         draw.rectangle([x, y, x + box_w, y + box_h], fill=INK)
-        draw.text((x + badge_pad, y + badge_pad // 2), number, font=label, fill=BACKGROUND)
+        draw.text((x + badge_pad, y + badge_pad // 2), number, font=m.label, fill=BACKGROUND)
 
-        _draw_caption(draw, x, y + cell_h + line_h // 3, j, text_w, line_h, label, body, tags, characters if has_names else None,
-                      caption_lines[j])
+        _draw_caption(draw, m, x, y + m.cell_h + m.line_h // 3, j, tags, characters if m.has_names else None)
     return sheet
 
 
@@ -271,58 +299,35 @@ def _render_variants(images: torch.Tensor, captions, characters, title: str, tag
     for name, values in (("captions", captions), ("characters", characters), ("tags", tags)):
         if values is not None and len(values) != num:
             raise DreamShotInputError(name, f"{len(values)} {name} for {num} shots.", "give one entry per shot.")
-    src_h, src_w = int(images.shape[1]), int(images.shape[2])
-    cell_w = max(style.cell_width or min(src_w, 640), 96)
-    cell_h = max(1, round(src_h * cell_w / src_w))
-    font_size = style.font_size or max(12, round(cell_w / 30))
-    margin = style.margin if style.margin is not None else max(16, font_size * 2)
-    gutter = style.gutter if style.gutter is not None else max(12, font_size)
-    line_h = round(font_size * 1.3)
-    body = _font(font_size, style.font)
-    label = _font(round(font_size * 1.15), style.font)
-    heading = _font(round(font_size * 2), style.font)
-
+    m = _measure(images, captions, characters, title, style, num)
     row_labels = [f"Variant {v + 1}" for v in range(variants)]
-    label_w = round(max(label.getlength(t) for t in row_labels)) + gutter
-    text_w = cell_w - 2
-    caption_lines = [wrap_text(c, body, text_w, style.max_caption_lines) if c else [] for c in (captions or [""] * num)]
-    has_names = characters is not None and any(characters)
-    text_h = round(line_h * 1.25) + (line_h if has_names else 0) + line_h * max(len(x) for x in caption_lines) \
-        + line_h // 2
-    title_text = _clean_text(title, heading)
-    title_h = round(font_size * 2 * 1.3) + margin if title_text else 0
+    label_w = round(max(m.label.getlength(t) for t in row_labels)) + m.gutter
 
-    width = 2 * margin + label_w + num * cell_w + (num - 1) * gutter
-    height = 2 * margin + title_h + variants * cell_h + (variants - 1) * gutter + text_h
-    sheet = Image.new("RGB", (width, height), BACKGROUND)
-    draw = ImageDraw.Draw(sheet)
-    if title_text:
-        draw.text((margin, margin), _fit(title_text, heading, width - 2 * margin), font=heading, fill=INK)
-        y_rule = margin + round(font_size * 2 * 1.3) + margin // 2
-        draw.line([(margin, y_rule), (width - margin, y_rule)], fill=FRAME, width=1)
+    width = 2 * m.margin + label_w + num * m.cell_w + (num - 1) * m.gutter
+    height = 2 * m.margin + m.title_h + variants * m.cell_h + (variants - 1) * m.gutter + m.text_h
+    sheet, draw = _blank_sheet(m, width, height)
 
-    badge_pad = max(4, font_size // 3)
-    x0 = margin + label_w
+    badge_pad = max(4, m.font_size // 3)
+    x0 = m.margin + label_w
     for v in range(variants):
-        y = margin + title_h + v * (cell_h + gutter)
-        draw.text((margin, y + (cell_h - line_h) // 2), row_labels[v], font=label, fill=INK)
+        y = m.margin + m.title_h + v * (m.cell_h + m.gutter)
+        draw.text((m.margin, y + (m.cell_h - m.line_h) // 2), row_labels[v], font=m.label, fill=INK)
         for j in range(num):
-            x = x0 + j * (cell_w + gutter)
+            x = x0 + j * (m.cell_w + m.gutter)
             thumb = _to_pil(images[v * num + j])
-            if thumb.size != (cell_w, cell_h):
-                thumb = thumb.resize((cell_w, cell_h), Image.LANCZOS)
+            if thumb.size != (m.cell_w, m.cell_h):
+                thumb = thumb.resize((m.cell_w, m.cell_h), Image.LANCZOS)
             sheet.paste(thumb, (x, y))
-            draw.rectangle([x - 1, y - 1, x + cell_w, y + cell_h], outline=FRAME, width=1)
+            draw.rectangle([x - 1, y - 1, x + m.cell_w, y + m.cell_h], outline=FRAME, width=1)
             number = str(j + 1)
-            box_w = round(label.getlength(number)) + 2 * badge_pad
-            draw.rectangle([x, y, x + box_w, y + line_h + badge_pad], fill=INK)
-            draw.text((x + badge_pad, y + badge_pad // 2), number, font=label, fill=BACKGROUND)
+            box_w = round(m.label.getlength(number)) + 2 * badge_pad
+            draw.rectangle([x, y, x + box_w, y + m.line_h + badge_pad], fill=INK)
+            draw.text((x + badge_pad, y + badge_pad // 2), number, font=m.label, fill=BACKGROUND)
 
-    y_text = margin + title_h + variants * cell_h + (variants - 1) * gutter
+    y_text = m.margin + m.title_h + variants * m.cell_h + (variants - 1) * m.gutter
     for j in range(num):
-        x = x0 + j * (cell_w + gutter)
-        _draw_caption(draw, x, y_text + line_h // 3, j, text_w, line_h, label, body, tags, characters if has_names else None,
-                      caption_lines[j])
+        x = x0 + j * (m.cell_w + m.gutter)
+        _draw_caption(draw, m, x, y_text + m.line_h // 3, j, tags, characters if m.has_names else None)
     return sheet
 
 
