@@ -49,3 +49,16 @@ def import_comfy(cpu: bool | None = None, pytorch_attention: bool = False) -> Pa
     import utils.install_util  # noqa: F401  (pin ComfyUI's `utils` package, as main.py does)
 
     return root
+
+
+def import_comfy_for_cli(comfyui_path: str | None, log) -> bool:
+    """A headless tool's start-up: ``--comfyui PATH`` (when given) becomes $COMFYUI_PATH, then
+    ``import_comfy``. False, with the reason logged, when ComfyUI cannot be imported (exit status 2)."""
+    if comfyui_path:
+        os.environ["COMFYUI_PATH"] = comfyui_path
+    try:
+        import_comfy()
+    except RuntimeError as e:
+        log.error("%s", e)
+        return False
+    return True

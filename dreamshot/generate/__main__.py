@@ -172,16 +172,9 @@ def main(argv: list[str] | None = None, on_chunk=None) -> int:
     except (DreamShotInputError, OSError, json.JSONDecodeError) as e:
         log.error("%s", e)
         return 2
-    if args.comfyui:
-        import os
+    from ..comfy_bridge.headless import import_comfy_for_cli
 
-        os.environ["COMFYUI_PATH"] = args.comfyui
-    from ..comfy_bridge.headless import import_comfy
-
-    try:
-        import_comfy()
-    except RuntimeError as e:
-        log.error("%s", e)
+    if not import_comfy_for_cli(args.comfyui, log):
         return 2
     from ..vistory.runner import load_models, model_loras
     from .runner import generate_storyboard

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -102,14 +101,9 @@ def main(argv: list[str] | None = None, on_chunk=None) -> int:
         return 0
     if device is not None:
         torch.cuda.set_device(device)     # before ComfyUI picks its device
-    if args.comfyui:
-        os.environ["COMFYUI_PATH"] = args.comfyui
-    from ..comfy_bridge.headless import import_comfy
+    from ..comfy_bridge.headless import import_comfy_for_cli
 
-    try:
-        import_comfy()
-    except RuntimeError as e:
-        log.error("%s", e)
+    if not import_comfy_for_cli(args.comfyui, log):
         return 2
     from tqdm import tqdm
 
