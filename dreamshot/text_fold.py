@@ -124,6 +124,20 @@ def key_bias(context: torch.Tensor, zero_rows: Sequence[int]) -> torch.Tensor:
     return torch.where(zero, bias, torch.zeros(())).reshape(-1)
 
 
+def padding_mask_bias(context: torch.Tensor, num_segments: int) -> torch.Tensor:
+    """[n * L] float32 key bias that hides every all-zero (padding) row from cross-attention: -inf
+    there, 0 on the words. A segment that is all zero rows keeps them (0), so it still has keys.
+
+    Not Wan's behaviour (Wan2.1 attends to its zero-padded 512 rows, and ComfyUI keeps that): an
+    option for models trained this way, like the shapes proof's tiny DiT (docs/proof.md), which
+    otherwise learned to put all its cross-attention on the padding and ignore the words."""
+    if context.shape[1] % num_segments:
+        raise ValueError(f"context of {context.shape[1]} rows does not split into {num_segments} segments")
+    zero = (context[0] == 0).all(dim=-1).view(num_segments, -1)          # [n, L]
+    hide = zero & ~zero.all(dim=1, keepdim=True)
+    return torch.where(hide, torch.tensor(-math.inf), torch.zeros(())).reshape(-1).float()
+
+
 class StoryKeyBias:
     """The positive and negative key biases of a folded story, handed to ComfyUI's attention hook.
 

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from dreamshot.proof.grid import INIT_LABELS, _check_settings, plan_jobs
-from dreamshot.proof.report import goal_check, grid_table, summarise
+from dreamshot.proof.report import goal_check, grid_table, name_check, renamed, summarise
 from dreamshot.proof.settings import CONDITION_LABELS, CONDITIONS, INITS, LOSSES, Paths, ProofSettings, cells
 
 
@@ -65,3 +65,27 @@ def test_seed_summary_table_and_goal_check():
     # scratch: 35 % < 60 %; +0 points < 10 points
     assert goals[1].count("NOT met") == 2
     assert len(cells(ProofSettings())) == len(results)
+
+
+def test_name_check_tells_a_model_that_reads_names_from_one_that_does_not():
+    import random
+
+    from dreamshot.proof import dataset as ds
+
+    rng = random.Random(3)
+    stories = [ds.make_story(f"s{i}", rng, 96, 48) for i in range(3)]
+    for spec in stories:
+        other = renamed(spec)
+        assert other.cast == spec.cast and [ds.StorySpec.caption(other, j) for j in range(len(spec.shots))] != \
+            [spec.caption(j) for j in range(len(spec.shots))]
+        for a, b in zip(spec.shots, other.shots):
+            for p, q in zip(a, b):   # every placement now names, and is, another cast member; same boxes
+                assert q.role != p.role and q.character == spec.cast[q.role] and q.box == p.box
+    truth = [[ds.render_shot(sp, j, 96, 48)[0] for j in range(len(sp.shots))] for sp in stories]
+    follows = [[ds.render_shot(renamed(sp), j, 96, 48)[0] for j in range(len(sp.shots))] for sp in stories]
+    reads = name_check([(t, f, sp) for t, f, sp in zip(truth, follows, stories)])
+    ignores = name_check([(t, t, sp) for t, sp in zip(truth, stories)])
+    n = sum(len(shot) for sp in stories for shot in sp.shots)
+    assert reads["placements"] == ignores["placements"] == n and reads["stories"] == 3
+    assert reads["follows_new_name"] == 1.0 and reads["character_changed"] == 1.0 and reads["pixel_change"] > 0.01
+    assert ignores["follows_new_name"] == 0.0 and ignores["character_changed"] == 0.0 and ignores["pixel_change"] == 0.0

@@ -51,6 +51,11 @@ def test_quick_grid_writes_a_well_formed_table_and_resumes(comfy_root, tmp_path)
         assert float(m["lo"]) == pytest.approx(min(accs), abs=0.05) and float(m["hi"]) == pytest.approx(max(accs), abs=0.05)
         assert int(m["n"]) == sum(cells[0]["counts"][cond].values()) > 0
     assert "| real shots through the VAE (ceiling) |" in md and len(results["goals"]) == 2
+    names = md.split("Do the names steer R2S?")[1]
+    assert sum(line.startswith(("| scratch", "| video prior")) for line in names.splitlines()) == 4
+    for c in results["cells"]:   # the name check ran: R2S again with the names rotated
+        assert c["name_check"]["stories"] == 1 and c["name_check"]["placements"] > 0
+        assert 0.0 <= c["name_check"]["pixel_change"] <= 1.0
     prior = results["prior"]
     assert prior["persistence"]["real"]["kept"] == 1.0 and Path(prior["run"]["lora"]).is_file()
     assert (out / "prior" / "prior.safetensors").is_file() and (out / "samples.png").is_file()

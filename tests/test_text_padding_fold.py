@@ -11,8 +11,8 @@ import torch
 
 from dreamshot.attention import NO_TEXT, dense_masked_cross_attention, pad_segments, per_shot_cross_attention
 from dreamshot.story import fold_chunk_text, fold_story_text
-from dreamshot.text_fold import (StoryKeyBias, context_segments, fold_text, key_bias, split_zero_rows,
-                                 unfold_context)
+from dreamshot.text_fold import (StoryKeyBias, context_segments, fold_text, key_bias, padding_mask_bias,
+                                 split_zero_rows, unfold_context)
 
 C, HEADS, D = 32, 2, 8
 
@@ -133,6 +133,46 @@ def test_key_bias_values_and_round_trip():
         key_bias(torch.ones(1, 4, C), (1, 0))
     t = fold_text([split_zero_rows(torch.ones(1, 3, C))], [split_zero_rows(torch.ones(1, 5, C))])
     assert t.segment_length == 5 and key_bias(t.positive, (0,)).tolist() == [0, 0, 0, -math.inf, -math.inf]
+
+
+def test_padding_mask_bias_hides_the_padding_from_cross_attention():
+    """data.mask_text_padding: each shot attends to its prompt's words only, however many zero rows
+    pad it (folded or not), and unmasked the padding changes the result (the proof's tiny DiT used
+    that: docs/proof.md)."""
+    positive, negative, L = _story_parts(with_full=False)
+    S = len(positive)
+    unfolded = pad_segments(positive, L)
+    folded = fold_story_text(positive, negative, 10 ** 6)
+    mod = TextToKV()
+    frame_segments = [2, NO_TEXT, 0, 1, 2]
+    P = 5
+    q = torch.randn(1, len(frame_segments) * P, HEADS * D, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        outs = []
+        for ctx in (unfolded, folded.positive):
+            k, v = mod(ctx)
+            bias = padding_mask_bias(ctx, S)
+            assert torch.isinf(bias).sum() == (ctx[0] == 0).all(-1).sum() > 0
+            outs.append(per_shot_cross_attention(q, k, v, HEADS, frame_segments, P, S, key_bias=bias))
+        k, v = mod(unfolded)
+        plain = per_shot_cross_attention(q, k, v, HEADS, frame_segments, P, S)
+        # the reference: each frame's queries against its own prompt's non-zero rows alone
+        want = torch.zeros_like(q)
+        for f, seg in enumerate(frame_segments):
+            if seg == NO_TEXT:
+                continue
+            rows = split_zero_rows(positive[seg]).rows
+            kw, vw = mod(rows)
+            qf = q[:, f * P:(f + 1) * P]
+            want[:, f * P:(f + 1) * P] = per_shot_cross_attention(qf, kw, vw, HEADS, [0], P, 1)
+    for out in outs:
+        torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
+    assert (plain - want).abs().max() > 1e-3
+    # a segment of zero rows only keeps its keys (no row of -inf everywhere, no NaN)
+    ctx = torch.cat([torch.zeros(1, 4, C), torch.ones(1, 4, C)], dim=1)
+    assert padding_mask_bias(ctx, 2).tolist() == [0.0] * 4 + [0.0] * 4
+    ctx[:, 6:] = 0
+    assert padding_mask_bias(ctx, 2).tolist() == [0.0] * 6 + [-math.inf] * 2
 
 
 def test_key_bias_rows_follow_cond_or_uncond():

@@ -59,6 +59,43 @@ def _unseeded_shots(layout):
     return [SimpleNamespace(seed=None)] * layout.num_shots
 
 
+def test_masked_text_padding_same_in_training_and_sampling(trained):
+    """data.mask_text_padding (the proof's setting) and wan_patches.mask_text_padding on the sampled
+    model give the same prediction, and a different one from attending to the padding."""
+    from dataclasses import replace
+
+    from comfy_extras.nodes_model_advanced import ModelSamplingSD3
+
+    from dreamshot.comfy_bridge import training as bridge
+    from dreamshot.comfy_bridge.lora import apply_lora
+    from dreamshot.comfy_bridge.wan_patches import mask_text_padding
+    from dreamshot.train.objective import noise_frames
+
+    trainer, lora_path = trained
+    index = next(i for i, modes in enumerate(trainer.feasible) if "reference_to_shot" in modes)
+    sigma = torch.tensor([SIGMA])
+    data = trainer.cfg.data
+    try:
+        trainer.cfg.data = replace(data, mask_text_padding=True)
+        batch = trainer.prepare_batch(index, torch.Generator().manual_seed(5), "reference_to_shot")
+    finally:
+        trainer.cfg.data = data
+    assert "key_bias" in batch.story
+    assert (batch.sample.context[0] == 0).all(-1).any()     # there is padding to hide
+    x_t = noise_frames(batch.x0, batch.noise, sigma, batch.sample.noised)
+    unmasked = dict(batch.story)
+    del unmasked["key_bias"]
+    with torch.no_grad():
+        want, _ = trainer.story_model.predict(x_t, sigma, batch.sample.context, batch.mask, batch.story, None)
+        attends, _ = trainer.story_model.predict(x_t, sigma, batch.sample.context, batch.mask, unmasked, None)
+    model = apply_lora(ModelSamplingSD3().patch(bridge.load_dit(trainer.cfg.model.dit, "fp32"), 3.0)[0],
+                       str(lora_path), 1.0)
+    got = _sampler_prediction(mask_text_padding(model), batch.sample, batch.mask, x_t, SIGMA, 11)
+    noised = batch.sample.noised
+    torch.testing.assert_close(got["denoised"][:, :, noised], want[:, :, noised], rtol=1e-5, atol=1e-5)
+    assert (attends[:, :, noised] - want[:, :, noised]).abs().max() > 1e-4
+
+
 def _sampler_prediction(model, sample, mask, x_t, sigma: float, seed: int):
     """The denoised latent that sample_story's sampler sees at ``sigma`` for ``x_t`` (the stock
     euler swapped for a probe that calls the inpainting-wrapped model once), plus what the

@@ -602,10 +602,14 @@ class StoryModel:
         return denoised, racl
 
 
-def story_options_for(layout, frame_segments: Sequence[int], num_segments: int, segment_length: int) -> dict:
-    """wan_patches.story_options for a story built from cached tensors (no StorySequence needed)."""
+def story_options_for(layout, frame_segments: Sequence[int], num_segments: int, segment_length: int,
+                      masked_context=None) -> dict:
+    """wan_patches.story_options for a story built from cached tensors (no StorySequence needed).
+    ``masked_context``: the [1, n * L, C] prompt rows whose zero padding rows cross-attention hides
+    (``data.mask_text_padding``); None attends to them, as Wan does."""
     from .wan_patches import story_options
 
     seq = SimpleNamespace(layout=layout, plan=SimpleNamespace(frame_segments=list(frame_segments)),
-                          num_segments=num_segments, segment_length=segment_length)
-    return story_options(seq)
+                          num_segments=num_segments, segment_length=segment_length,
+                          positive=masked_context, negative=masked_context)
+    return story_options(seq, mask_padding=masked_context is not None)

@@ -19,12 +19,14 @@ from . import compat, role_patch, shot_lora
 from ..attention import per_shot_cross_attention
 from ..clean_frames import per_frame_timestep
 from ..guidance import self_attention_without_refs
-from ..text_fold import StoryKeyBias, key_bias
+from ..text_fold import StoryKeyBias, key_bias, padding_mask_bias
 
 STORY_KEY = "dreamshot"
 SELF_ATTENTION_HOOKS_KEY = "dreamshot_self_attention"
 # Set in a model pass's transformer_options: shots are blind to the references (reference CFG).
 NO_REFS_KEY = "dreamshot_no_refs"
+# Set by mask_text_padding(model): prompt padding rows are hidden from cross-attention (not Wan's way).
+MASK_PADDING_KEY = "dreamshot_mask_text_padding"
 
 
 def check_wan21_t2v(model, node: str | None = None) -> None:
@@ -129,9 +131,10 @@ def _check_tokens(got: int, packed: int) -> None:
         "sample the latent that Shot Sequence Pack produced.")
 
 
-def story_options(sequence) -> dict:
+def story_options(sequence, mask_padding: bool = False) -> dict:
     """What the attention hook needs to know of a story (plain Python values, and the folded text's
-    key bias when the story has one)."""
+    key bias when the story has one). ``mask_padding``: the key bias hides the prompts' zero rows
+    instead (dreamshot.text_fold.padding_mask_bias)."""
     lay = sequence.layout
     options = {
         "frame_segments": list(sequence.plan.frame_segments),
@@ -142,10 +145,22 @@ def story_options(sequence) -> dict:
         "context_length": sequence.num_segments * sequence.segment_length,
     }
     positive_zero_rows = getattr(sequence, "positive_zero_rows", None)
-    if positive_zero_rows is not None:
+    if mask_padding:
+        n = sequence.num_segments
+        options["key_bias"] = StoryKeyBias(padding_mask_bias(sequence.positive, n),
+                                           padding_mask_bias(sequence.negative, n))
+    elif positive_zero_rows is not None:
         options["key_bias"] = StoryKeyBias(key_bias(sequence.positive, positive_zero_rows),
                                            key_bias(sequence.negative, sequence.negative_zero_rows))
     return options
+
+
+def mask_text_padding(model):
+    """A clone of ``model`` whose DreamShot sampling hides the prompts' zero padding rows from
+    cross-attention, for a model trained with ``data.mask_text_padding`` (the shapes proof's)."""
+    m = model.clone()
+    m.model_options.setdefault("transformer_options", {})[MASK_PADDING_KEY] = True
+    return m
 
 
 def patch_for_story(model, sequence, story_pass=None):
@@ -160,7 +175,7 @@ def patch_for_story(model, sequence, story_pass=None):
     to = m.model_options.setdefault("transformer_options", {})
     previous = to.get("optimized_attention_override")
     to["optimized_attention_override"] = _attention_override(previous)
-    to[STORY_KEY] = story_options(sequence)
+    to[STORY_KEY] = story_options(sequence, mask_padding=bool(to.get(MASK_PADDING_KEY)))
     role_config = to.get(role_patch.CONFIG_KEY)
     if role_config is not None:
         role_patch.install(m, sequence, role_config, SELF_ATTENTION_HOOKS_KEY)

@@ -34,11 +34,12 @@ def write_train_config(path: Path, p: Paths, s: ProofSettings, *, dit: Path, dat
                   "dtype": "fp32"},
         "data": {"dataset": str(dataset), "cache_dir": str(cache), "width": s.width, "height": s.height,
                  "max_shots": s.shots_per_story, "text_min_length": s.text_length, "cache_dtype": "fp32",
+                 "mask_text_padding": s.mask_text_padding,
                  "shot_fit": "crop", "reference_fit": "pad_white"},
         "train": {"output_dir": str(out), "steps": steps, "seed": seed, "gradient_checkpointing": False,
                   "timestep_shift": s.shift},
         "modes": {"r2s": 0.0, "t2s": 0.0, "s2s": 0.0, **modes},
-        "racl": {"lambda": racl_lambda},
+        "racl": {"lambda": racl_lambda, "layers": list(s.racl_layers) if s.racl_layers else "all"},
         # Every block trained fully (a random DiT has nothing for a LoRA to adapt).
         "lora": {"full_finetune_blocks": list(range(DIT_SIZE["num_layers"])),
                  "full_finetune_modules": list(s.train_modules), "save_dtype": "fp32"},

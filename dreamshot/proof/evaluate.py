@@ -11,7 +11,7 @@ import torch
 from . import dataset as ds
 from . import videos as vd
 from .assets import load_block_vae, load_text_encoder, text_encoder
-from .report import Tally, score_story, who_is_there
+from .report import Tally, name_check, renamed, score_story, who_is_there
 from .settings import CONDITIONS, ProofSettings
 
 log = logging.getLogger("DreamShot")
@@ -25,15 +25,18 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
     return (image.numpy() * 255).round().clip(0, 255).astype(np.uint8)
 
 
-def load_model(dit: Path, shift: float, lora: Path | None = None):
-    """The DiT through ComfyUI's loader, sampling at the training shift, with a trained file applied."""
+def load_model(dit: Path, shift: float, lora: Path | None = None, mask_padding: bool = False):
+    """The DiT through ComfyUI's loader, sampling at the training shift, with a trained file applied;
+    ``mask_padding``: prompt padding hidden from cross-attention, as it was in training."""
     from comfy_extras.nodes_model_advanced import ModelSamplingSD3
 
     from ..comfy_bridge import training as bridge
     from ..comfy_bridge.lora import apply_lora
+    from ..comfy_bridge.wan_patches import mask_text_padding
 
     model = ModelSamplingSD3().patch(bridge.load_dit(str(dit), "fp32"), shift)[0]
-    return apply_lora(model, str(lora), 1.0) if lora is not None else model
+    model = apply_lora(model, str(lora), 1.0) if lora is not None else model
+    return mask_text_padding(model) if mask_padding else model
 
 
 def sample_condition(model, vae, encode, spec: ds.StorySpec, s: ProofSettings, mode: str, seed: int) -> list[np.ndarray]:
@@ -72,23 +75,29 @@ def sample_condition(model, vae, encode, spec: ds.StorySpec, s: ProofSettings, m
 def score_model(model, models_dir: Path, stories: list[ds.StorySpec], s: ProofSettings, seed: int,
                 sheet_stories: int = 4) -> dict:
     """Every condition on every story (story i samples with seed ``seed * 1000 + i``): counts,
-    per-story outcomes, and the first stories' generated shots for the contact sheet."""
+    per-story outcomes, and the first stories' generated shots for the contact sheet; then the name
+    check on the first ``s.name_check_stories``: R2S again with the names rotated (report.name_check)."""
     vae = load_block_vae(models_dir / "vae.safetensors")
     encode = text_encoder(load_text_encoder(models_dir / "umt5.safetensors"), s.text_length)
     tallies = {c: Tally() for c in CONDITIONS}
-    per_story, sheet = [], {c: [] for c in CONDITIONS}
+    per_story, sheet, pairs = [], {c: [] for c in CONDITIONS}, []
     for i, spec in enumerate(stories):
         entry = {"id": spec.id, "seed": seed * 1000 + i}
         for c in CONDITIONS:
             shots = sample_condition(model, vae, encode, spec, s, c, seed * 1000 + i)
+            if c == "r2s":
+                r2s_shots = shots
             entry[c] = score_story(tallies[c], shots, spec)
             entry[c + "_found"] = [[who_is_there(im, spec, j, k) for k in range(len(spec.shots[j]))]
                                    for j, im in enumerate(shots)]
             if i < sheet_stories:
                 sheet[c].append(shots)
+        if i < s.name_check_stories:
+            pairs.append((r2s_shots, sample_condition(model, vae, encode, renamed(spec), s, "r2s", seed * 1000 + i), spec))
         per_story.append(entry)
         log.info("proof: sampled held-out story %d/%d", i + 1, len(stories))
-    return {"counts": {c: t.counts for c, t in tallies.items()}, "per_story": per_story, "sheet": sheet}
+    return {"counts": {c: t.counts for c, t in tallies.items()}, "per_story": per_story, "sheet": sheet,
+            "name_check": name_check(pairs)}
 
 
 def ceiling(models_dir: Path, stories: list[ds.StorySpec], s: ProofSettings) -> dict:

@@ -117,6 +117,20 @@ def aggregate(p: Paths, s: ProofSettings, quick: bool, walls: dict[str, float], 
     goals = goal_check(summary)
     choices = {f"{c}|{i}|{lo}": choice_analysis([r for r in results if r["init"] == i and r["loss"] == lo], stories, c)
                for c in ("r2s", "r2s_roles") for i in INITS for lo in LOSSES}
+    names = ["| fine-tuned from | training loss | pixel change | character changed | shows the new name "
+             "| R2S identity accuracy (same stories) |", "|---|---|---|---|---|---|"]
+    for i in INITS:
+        for lo in LOSSES:
+            group = [r for r in results if r["init"] == i and r["loss"] == lo and "name_check" in r]
+            if not group:
+                continue
+            mean = {k: float(np.mean([r["name_check"][k] for r in group]))
+                    for k in ("pixel_change", "character_changed", "follows_new_name")}
+            n = group[0]["name_check"]["stories"]
+            same = [o for r in group for e in r["per_story"][:n] for row in e["r2s"] for o in row]
+            acc = sum(o == "correct" for o in same) / len(same) if same else float("nan")
+            names.append(f"| {INIT_LABELS[i]} | {loss_labels[lo]} | {mean['pixel_change']:.4f} | "
+                         f"{mean['character_changed']:.1%} | {mean['follows_new_name']:.1%} | {acc:.1%} |")
     pers = prior["persistence"]
     job_costs = {r["cell"]: {"cpu_s": r["cpu_s"], "wall_s": r["wall_s"], **{f"{k}_cpu_s": v["cpu_s"]
                                                                            for k, v in r["phases"].items()}}
@@ -152,6 +166,9 @@ def aggregate(p: Paths, s: ProofSettings, quick: bool, walls: dict[str, float], 
                             f"{v['repeats_previous_shot']:.1%} |")
     text = "\n\n".join([header, table, "Goal (stated before the run):\n" + "\n".join(goals), prior_line,
                         "Which reference the shots drew from (all seeds):\n\n" + "\n".join(choice_lines),
+                        "Do the names steer R2S? The first held-out stories sampled again with the role names "
+                        "rotated over the cast (captions only, same seeds; mean over seeds; a model that ignores "
+                        "the names changes nothing):\n\n" + "\n".join(names),
                         f"CPU time of all jobs: {cpu_total / 60:.1f} min; this invocation's wall time: {wall / 60:.1f} min."])
     atomic_write_text(p.out / "results.md", text + "\n")
     # the sheet: real shots of the first held-out stories, then seed 0's cells, one row per condition

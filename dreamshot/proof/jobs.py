@@ -99,7 +99,7 @@ def run_prior(p: Paths, s: ProofSettings) -> dict:
     merge_deltas(p.models / "dit.safetensors", Path(run["lora"]), p.prior_dit)
     clips = vd.make_clips(s.prior_eval_clips, s.data_seed + 11, s.width, s.height, "heldout")
     with clock("check"):
-        check = sample_clips(load_model(p.prior_dit, s.shift), p.models, clips, s, s.data_seed)
+        check = sample_clips(load_model(p.prior_dit, s.shift, mask_padding=s.mask_text_padding), p.models, clips, s, s.data_seed)
     rows = []
     for truth, frames in check.pop("sheet"):
         rows += [truth, frames]
@@ -116,12 +116,12 @@ def run_cell(p: Paths, s: ProofSettings, cell: Cell) -> dict:
     dit = p.models / "dit.safetensors" if cell.init == "scratch" else p.prior_dit
     lam = s.racl_lambda if cell.loss == "racl" else 0.0
     cfg = write_train_config(d / "train.toml", p, s, dit=dit, dataset=p.stories, cache=p.story_cache, out=d / "run",
-                             steps=s.train_steps, lr=s.lr, seed=cell.seed, modes={"r2s": 0.6, "t2s": 0.4},
+                             steps=s.train_steps, lr=s.lr, seed=cell.seed, modes={"r2s": s.r2s_share, "t2s": round(1 - s.r2s_share, 6)},
                              racl_lambda=lam)
     with clock("train"):
         run = _train(cfg)
     with clock("sample"):
-        scores = score_model(load_model(dit, s.shift, Path(run["lora"])), p.models, held_out(p, s), s, cell.seed)
+        scores = score_model(load_model(dit, s.shift, Path(run["lora"]), s.mask_text_padding), p.models, held_out(p, s), s, cell.seed)
     sheet = scores.pop("sheet")
     contact_sheet(d / "samples.png", [[im for story in sheet[c] for im in story] for c in CONDITIONS])
     return {"cell": cell.name, "init": cell.init, "loss": cell.loss, "seed": cell.seed, "racl_lambda": lam,

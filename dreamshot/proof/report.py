@@ -53,6 +53,36 @@ def score_story(tally: Tally, images: list[np.ndarray], spec: StorySpec) -> list
     return outcomes
 
 
+def renamed(spec: StorySpec) -> StorySpec:
+    """The same story with its role names rotated over the cast (Mira's shots now name Theo, ...):
+    only the captions change, so a model that reads the names must now draw another reference."""
+    from dataclasses import replace
+
+    roles = list(spec.cast)
+    to = dict(zip(roles, roles[1:] + roles[:1]))
+    shots = [[replace(p, role=to[p.role], character=spec.cast[to[p.role]]) for p in shot] for shot in spec.shots]
+    return replace(spec, shots=shots)
+
+
+def name_check(pairs: list[tuple[list[np.ndarray], list[np.ndarray], StorySpec]]) -> dict:
+    """Do the captions' names steer R2S? ``pairs``: (shots sampled from the script, from its renamed
+    captions with the same seed, the script). ``pixel_change``: mean absolute difference (0-1);
+    ``character_changed``: placements whose classified character differs; ``follows_new_name``:
+    renamed placements showing the newly named character (what reading the names gives)."""
+    diffs, changed, follows, total = [], 0, 0, 0
+    for orig, new, spec in pairs:
+        other = renamed(spec)
+        for j, (a, b) in enumerate(zip(orig, new)):
+            diffs.append(float(np.abs(a.astype(np.float32) - b.astype(np.float32)).mean() / 255.0))
+            for k in range(len(spec.shots[j])):
+                total += 1
+                changed += who_is_there(a, spec, j, k) != who_is_there(b, spec, j, k)
+                follows += score_placement(b, other, j, k) == "correct"
+    return {"stories": len(pairs), "placements": total, "pixel_change": float(np.mean(diffs)) if diffs else float("nan"),
+            "character_changed": changed / total if total else float("nan"),
+            "follows_new_name": follows / total if total else float("nan")}
+
+
 def chance_accuracy(stories: list[StorySpec]) -> float:
     """Accuracy of a guess that knows the story's cast but not who is who (uniform over the cast)."""
     per = [1.0 / len(s.cast) for s in stories for shot in s.shots for _ in shot]

@@ -70,6 +70,10 @@ class DataConfig:
     text_min_length: int = 512       # each prompt segment is zero-padded to this (UMT5 pads to 512)
     cache_dtype: str = "bf16"        # storage dtype of cached latents and text embeddings
     caption_dropout: float = 0.0     # chance to replace a shot caption by the empty prompt (for CFG)
+    # Hide the zero padding rows from cross-attention. Wan attends to them (keep false for Wan2.1
+    # LoRAs); for a DiT trained from scratch, like the shapes proof's, which otherwise put all its
+    # cross-attention on the padding. Sample such a model with wan_patches.mask_text_padding.
+    mask_text_padding: bool = False
 
 
 @dataclass

@@ -205,7 +205,8 @@ class Trainer:
         mask = denoise_mask(sample.noised, lay.latent_height, lay.latent_width).to(dev)
         from ..comfy_bridge.training import story_options_for
 
-        story = story_options_for(lay, sample.frame_segments, sample.num_segments, sample.segment_length)
+        story = story_options_for(lay, sample.frame_segments, sample.num_segments, sample.segment_length,
+                                  sample.context if c.data.mask_text_padding else None)
         role_map = None
         if self.story_model.racl is not None and lay.num_refs and any(sample.shot_regions):
             role_map = build_role_map(lay, sample.ref_masks, sample.shot_regions).to(dev)
