@@ -129,7 +129,7 @@ def aggregate(p: Paths, s: ProofSettings, quick: bool, walls: dict[str, float], 
             n = group[0]["name_check"]["stories"]
             same = [o for r in group for e in r["per_story"][:n] for row in e["r2s"] for o in row]
             acc = sum(o == "correct" for o in same) / len(same) if same else float("nan")
-            names.append(f"| {INIT_LABELS[i]} | {loss_labels[lo]} | {mean['pixel_change']:.4f} | "
+            names.append(f"| {INIT_LABELS[i]} | {loss_labels[lo]} | {mean['pixel_change']:.1e} | "
                          f"{mean['character_changed']:.1%} | {mean['follows_new_name']:.1%} | {acc:.1%} |")
     pers = prior["persistence"]
     job_costs = {r["cell"]: {"cpu_s": r["cpu_s"], "wall_s": r["wall_s"], **{f"{k}_cpu_s": v["cpu_s"]
