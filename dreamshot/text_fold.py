@@ -107,13 +107,17 @@ def unfold_context(context: torch.Tensor, zero_rows: Sequence[int]) -> torch.Ten
     return torch.cat([F.pad(s.rows, (0, 0, 0, length - s.rows.shape[1])) for s in segs], dim=1)
 
 
+def _zero_rows(context: torch.Tensor, num_segments: int) -> torch.Tensor:
+    """[n, L] bool: which rows of each segment of a [1, n * L, C] context are all zero."""
+    if context.shape[1] % num_segments:
+        raise ValueError(f"context of {context.shape[1]} rows does not split into {num_segments} segments")
+    return (context[0] == 0).all(dim=-1).view(num_segments, -1)
+
+
 def key_bias(context: torch.Tensor, zero_rows: Sequence[int]) -> torch.Tensor:
     """[n * L] float32 additive key bias of a folded context: 0 on non-zero rows; on the n zero rows
     of a segment ln(z / n), or -inf when the segment had no zero row (z = 0)."""
-    num_segments = len(zero_rows)
-    if context.shape[1] % num_segments:
-        raise ValueError(f"context of {context.shape[1]} rows does not split into {num_segments} segments")
-    zero = (context[0] == 0).all(dim=-1).view(num_segments, -1)          # [n, L]
+    zero = _zero_rows(context, len(zero_rows))
     n = zero.sum(dim=1).tolist()
     values = []
     for i, (z, count) in enumerate(zip(zero_rows, n)):
@@ -129,11 +133,9 @@ def padding_mask_bias(context: torch.Tensor, num_segments: int) -> torch.Tensor:
     there, 0 on the words. A segment that is all zero rows keeps them (0), so it still has keys.
 
     Not Wan's behaviour (Wan2.1 attends to its zero-padded 512 rows, and ComfyUI keeps that): an
-    option for models trained this way, like the shapes proof's tiny DiT (docs/proof.md), which
-    otherwise learned to put all its cross-attention on the padding and ignore the words."""
-    if context.shape[1] % num_segments:
-        raise ValueError(f"context of {context.shape[1]} rows does not split into {num_segments} segments")
-    zero = (context[0] == 0).all(dim=-1).view(num_segments, -1)          # [n, L]
+    option for models trained this way, like the shapes proof's tiny DiT, which otherwise put all its
+    cross-attention on the padding (hidden, it leaned on constant words instead: docs/proof.md)."""
+    zero = _zero_rows(context, num_segments)
     hide = zero & ~zero.all(dim=1, keepdim=True)
     return torch.where(hide, torch.tensor(-math.inf), torch.zeros(())).reshape(-1).float()
 
