@@ -129,7 +129,12 @@ def key_set_logsumexp(q: torch.Tensor, k: torch.Tensor, heads: int, query_idx: t
             kh = _heads_first(select_tokens(kb, ksel), heads, q.dtype, keys_last=True).mul_(scale)
             bias = None if key_bias is None else key_bias.to(dev)[ksel].to(q.dtype)
             for a, e, rsel in index_blocks(query_idx, rc, dev):
-                logits = select_tokens(qb, rsel).view(b, e - a, heads, -1).transpose(1, 2) @ kh
+                # The rows as a contiguous [B, H, rows, d] copy (per_row counts it): a head-strided view
+                # would be copied inside the CPU matmul kernel anyway, unseen by shape accounting and
+                # absent on CUDA (cuBLAS reads the strides), so every device allocates the same.
+                qh = _heads_first(select_tokens(qb, rsel), heads, q.dtype)
+                logits = qh @ kh
+                del qh
                 if bias is not None:
                     logits.add_(bias)
                 part = _logsumexp_(logits)

@@ -5,6 +5,14 @@ Peak memory is what the allocator hands out during the call, above what was allo
 PyTorch's profiler records at every allocation and free (``profile_memory``). Both count everything
 an op allocates: outputs, temporaries, kernel workspaces, tensors autograd saves. (An earlier probe
 here counted only the outputs that ops returned, so a kernel's own workspace went unseen.)
+
+On CPU the peak is also split (``profile_cpu``): what the dispatched ops hold (their outputs and what
+they keep alive between them: the same on every machine) and what a kernel allocates and frees
+inside itself (CPU flash attention's per-thread buffers, oneDNN scratchpads, a kernel's private
+copy of a strided input). The second part depends on the CPU's thread count and instruction set
+(AVX2 / AVX-512 / AMX) and has no GPU counterpart of that size; it is found by running the call
+under a pass-through dispatch mode, so every kernel call is a profiler event of its own, and taking
+the allocations freed before the kernel call that made them returned.
 """
 
 from __future__ import annotations
@@ -42,11 +50,15 @@ def _profile(fn, memory: bool):
     return list(_walk(prof.profiler.kineto_results.experimental_event_tree()))
 
 
-def _cpu_peak(events) -> int:
+def _cpu_allocations(events) -> list:
     from torch._C._profiler import _EventType
 
-    allocs = sorted((e for e in events if e.tag == _EventType.Allocation and e.extra_fields.device.type == "cpu"),
-                    key=lambda e: e.start_time_ns)
+    return sorted((e for e in events if e.tag == _EventType.Allocation and e.extra_fields.device.type == "cpu"),
+                  key=lambda e: e.start_time_ns)
+
+
+def _cpu_peak(events) -> int:
+    allocs = _cpu_allocations(events)
     if not allocs:
         return 0
     # The running total also holds blocks still alive from earlier profiled calls: start from the
@@ -54,6 +66,63 @@ def _cpu_peak(events) -> int:
     first = allocs[0].extra_fields
     start = first.total_allocated - first.alloc_size
     return max(0, max(e.extra_fields.total_allocated for e in allocs) - start)
+
+
+_MODE_EVENT = "PythonDispatchMode"
+
+
+def _kernel_call(event):
+    """The kernel call an allocation happened in: its nearest "PythonDispatchMode" ancestor, the event
+    spanning a dispatch mode's handling of one op (the kernel and whatever it calls), or None."""
+    parent = event.parent
+    while parent is not None:
+        if parent.name == _MODE_EVENT:
+            return parent
+        parent = parent.parent
+    return None
+
+
+def _cpu_peak_split(events) -> tuple[int, int, int]:
+    """(peak of everything, peak without kernel-internal allocations, the largest kernel-internal
+    peak of one kernel call) of the CPU allocations among ``events``, relative to the start.
+
+    Kernel-internal: allocated inside a kernel call (see ``_kernel_call``) and freed before that call
+    ended. Needs the events of a call run under a dispatch mode (``_PassThrough`` or ``ShapeOnly``).
+    """
+    allocs = _cpu_allocations(events)
+    if not allocs:
+        return 0, 0, 0
+    internal: set[int] = set()          # ids of the alloc and free events of kernel-internal blocks
+    open_blocks: dict[int, tuple] = {}  # ptr -> (alloc event, its kernel call)
+    per_call: dict[int, int] = {}
+    call_peak = 0
+    for e in allocs:
+        f = e.extra_fields
+        if f.alloc_size > 0:
+            open_blocks[f.ptr] = (e, _kernel_call(e))
+            continue
+        alloc, call = open_blocks.pop(f.ptr, (None, None))
+        if alloc is not None and call is not None and e.start_time_ns <= call.end_time_ns:
+            internal.update((id(alloc), id(e)))
+    total = internal_total = peak = peak_out = 0
+    for e in allocs:
+        size = e.extra_fields.alloc_size
+        total += size
+        peak = max(peak, total)
+        if id(e) in internal:
+            call = id(_kernel_call(e))
+            per_call[call] = per_call.get(call, 0) + size
+            call_peak = max(call_peak, per_call[call])
+            internal_total += size
+        peak_out = max(peak_out, total - internal_total)
+    return peak, peak_out, call_peak
+
+
+class _PassThrough(TorchDispatchMode):
+    """Runs every op as it is; being active makes each kernel call an event of its own."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
 
 
 def _kernels(events) -> list[str]:
@@ -173,6 +242,10 @@ class Measurement:
     peak_bytes: int           # above what was allocated before the call
     kernels: list[str] = field(default_factory=list)
     total_bytes: int = 0      # GPU: torch.cuda.max_memory_allocated itself (weights included); CPU: peak_bytes
+    # CPU only (profile_cpu): the peak without kernel-internal allocations (the same on every machine),
+    # and the largest kernel-internal peak of one kernel call (CPU threads and ISA decide it).
+    ops_peak_bytes: int = 0
+    kernel_workspace_bytes: int = 0
 
 
 def measure(fn, device: torch.device, repeats: int = 3, warmup: int = 1, kernels: bool = False) -> Measurement:
@@ -193,11 +266,23 @@ def measure(fn, device: torch.device, repeats: int = 3, warmup: int = 1, kernels
         peak, total = _peaks(fn, device)
         return Measurement(best, peak, sdpa_kernels(fn) if kernels else [], total)
     m = profile_cpu(fn)
-    return Measurement(best, m.peak_bytes, m.kernels if kernels else [], m.peak_bytes)
+    m.seconds = best
+    if not kernels:
+        m.kernels = []
+    return m
 
 
 def profile_cpu(fn) -> Measurement:
-    """Peak CPU memory and SDPA kernels of one call of ``fn`` (one profiled call gives both); no time."""
-    events = _profile(fn, memory=True)
-    peak = _cpu_peak(events)
-    return Measurement(math.nan, peak, _kernels(events), peak)
+    """Peak CPU memory (whole, and split into ops / kernel workspace) and the SDPA kernels of one call
+    of ``fn`` (one profiled call gives all); no time. Under ShapeOnly already, ``fn`` runs in it."""
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+    if _get_current_dispatch_mode() is None:
+        def run():
+            with _PassThrough():
+                fn()
+    else:
+        run = fn
+    events = _profile(run, memory=True)
+    peak, ops_peak, workspace = _cpu_peak_split(events)
+    return Measurement(math.nan, peak, _kernels(events), peak, ops_peak, workspace)
