@@ -246,3 +246,24 @@ def test_every_op_extra_memory_is_linear_in_tokens(ops_full_and_half):
         else:
             assert f["extra_mib"] <= growth * h["extra_mib"] * 1.02, f["op"]
             assert f["mem_ratio"] <= h["mem_ratio"] * 1.02, f["op"]
+
+
+@pytest.mark.parametrize("cpu", [
+    {"OMP_NUM_THREADS": "1", "ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41"},
+    {"OMP_NUM_THREADS": "3", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
+], ids=["1-thread-no-vector-isa", "3-threads-avx2"])
+def test_shape_accounting_check_holds_on_other_cpus(cpu):
+    """The check above on CPUs unlike this one, as far as one machine can play them: another thread
+    count (CPU flash attention's buffers are per thread) and an older instruction set for PyTorch's
+    own kernels and oneDNN's (no AVX-512, no bf16 instructions: other bf16 matmul paths)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, **cpu}
+    test = f"{Path(__file__).resolve()}::test_shape_accounting_allocates_what_a_real_run_does"
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test], env=env,
+                         cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    assert "1 passed" in run.stdout
