@@ -134,6 +134,26 @@ def attention_backend(func, previous):
     return chosen
 
 
+# -- model patches --------------------------------------------------------------------------------
+def add_parameter_patch(patcher, key: str, value) -> None:
+    """``patcher.add_object_patch(key, value)`` for a bare parameter, with ``value``'s dtype kept.
+
+    Newer ComfyUI records every parameter's dtype at model creation (``<name>_comfy_model_dtype`` on its
+    module: comfy/model_management.py ``archive_model_dtypes``, called by BaseModel.__init__), and
+    ModelPatcherDynamic.load -> ``_load_list(for_dynamic=True, default_device=...)`` casts each parameter
+    of a non-leaf module (Wan's ``blocks.N.modulation``, ``head.modulation``) in place to that dtype
+    (``param.data = param.data.to(device, dtype=...)``, comfy/model_patcher.py @08d0e510): a float32
+    patch on an fp8 model would turn fp8 for good. Where the record exists and differs, it is object-patched
+    to ``value``'s dtype as well (and restored with the parameter on unpatch). 0.3.64 records nothing.
+    """
+    patcher.add_object_patch(key, value)
+    module_path, _, name = key.rpartition(".")
+    module = patcher.get_model_object(module_path) if module_path else patcher.model
+    record = f"{name}_comfy_model_dtype"
+    if getattr(module, record, value.dtype) != value.dtype:
+        patcher.add_object_patch(f"{module_path}.{record}" if module_path else record, value.dtype)
+
+
 # -- the Wan DiT ----------------------------------------------------------------------------------
 def feed_forward_as_module_calls(ffn):
     """A forward for Wan's feed-forward [Linear, GELU(tanh), Linear] that calls each layer as a module.
