@@ -12,6 +12,10 @@ row (z = 0) but is padded to the common length gets -inf on those rows: they mus
 Real rows get 0. Attention over the folded context with this bias equals attention over the
 unfolded one up to float rounding (tests/test_text_padding_fold.py).
 
+The z zero rows of a segment are one key repeated z times, so the folded attention can also run
+unmasked, as repeated keys (``repeated_keys``, ``attention.RepeatedKeys``): through any attention
+backend, the copies the segment lacks added exactly afterwards.
+
 Only exact-zero rows are folded, whatever produced them, so the folding is exact for any encoder;
 an encoder without zero padding just gains nothing. In half precision the bias is rounded to the
 model's dtype like every other logit term: on CPU, folded bf16/fp16 attention was no further from a
@@ -26,6 +30,8 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+
+from .attention import RepeatedKeys
 
 
 @dataclass(frozen=True)
@@ -140,6 +146,26 @@ def padding_mask_bias(context: torch.Tensor, num_segments: int) -> torch.Tensor:
     return torch.where(hide, torch.tensor(-math.inf), torch.zeros(())).reshape(-1).float()
 
 
+def repeated_keys(bias: torch.Tensor, num_segments: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """A fold's key bias (``key_bias``) as repeated keys: per segment, how many copies of its zero row
+    it stands for beyond those it holds (sum of exp(bias) - 1 over its rows, float32) and the row of one
+    copy (its first row with a nonzero bias; 0 where there is none and nothing to add).
+
+    Exact because every row with a nonzero bias is a zero text row, and all of a segment's zero rows
+    are the same key and value (the module docstring). None when some bias is negative (a row that must
+    weigh less than once: -inf filler, text hidden by ``padding_mask_bias``): removing copies would
+    cancel in floating point, so such a bias stays an additive mask.
+    """
+    if bias.shape[0] % num_segments:
+        raise ValueError(f"a key bias of {bias.shape[0]} rows does not split into {num_segments} segments")
+    b = bias.double().view(num_segments, -1)
+    if bool((b < 0).any()):
+        return None
+    extra = b.exp().sub(1).sum(dim=1).float()
+    index = (b != 0).to(torch.int8).argmax(dim=1)
+    return extra, index
+
+
 class StoryKeyBias:
     """The positive and negative key biases of a folded story, handed to ComfyUI's attention hook.
 
@@ -149,28 +175,50 @@ class StoryKeyBias:
     per block. Not a dict: ComfyUI copies nested dicts of transformer_options, this stays shared.
     """
 
-    def __init__(self, positive: torch.Tensor, negative: torch.Tensor):
+    def __init__(self, positive: torch.Tensor, negative: torch.Tensor, num_segments: int | None = None):
         if positive.shape != negative.shape:
             raise ValueError("positive and negative key biases differ in length")
         self.positive, self.negative = positive, negative
         self._cache: dict = {}
+        # Both biases as repeated keys (repeated_keys), when both can be and the segments are known.
+        parts = None if num_segments is None else (repeated_keys(positive, num_segments),
+                                                   repeated_keys(negative, num_segments))
+        self._repeats = parts if parts is not None and None not in parts else None
 
     def __len__(self) -> int:
         return self.positive.shape[0]
 
-    def for_batch(self, cond_or_uncond: Sequence[int] | None, batch: int, device, dtype) -> torch.Tensor:
+    def _rows(self, cond_or_uncond: Sequence[int] | None, batch: int, positive, negative) -> torch.Tensor:
+        """``positive`` / ``negative`` stacked per batch row of a call with ``cond_or_uncond``."""
         chunks = tuple(cond_or_uncond or ())
-        key = (chunks, batch, str(device), dtype)
+        if not chunks:
+            if not torch.equal(self.positive, self.negative):
+                raise RuntimeError("DreamShot: the folded story text needs transformer_options['cond_or_uncond'] "
+                                   "(set by ComfyUI's calc_cond_batch) to tell positive from negative rows")
+            chunks = (0,)
+        if batch % len(chunks) or any(c not in (0, 1) for c in chunks):
+            raise RuntimeError(f"DreamShot: cannot map a batch of {batch} to cond_or_uncond {list(chunks)}")
+        rows = torch.stack([negative if c else positive for c in chunks])
+        return rows.repeat_interleave(batch // len(chunks), dim=0)
+
+    def for_batch(self, cond_or_uncond: Sequence[int] | None, batch: int, device, dtype) -> torch.Tensor:
+        """[B, Lk] additive key bias of a model call."""
+        key = (tuple(cond_or_uncond or ()), batch, str(device), dtype)
         if key not in self._cache:
-            if not chunks:
-                if not torch.equal(self.positive, self.negative):
-                    raise RuntimeError("DreamShot: the folded story text needs transformer_options['cond_or_uncond'] "
-                                       "(set by ComfyUI's calc_cond_batch) to tell positive from negative rows")
-                chunks = (0,)
-            if batch % len(chunks) or any(c not in (0, 1) for c in chunks):
-                raise RuntimeError(f"DreamShot: cannot map a batch of {batch} to cond_or_uncond {list(chunks)}")
-            rows = torch.stack([self.negative if c else self.positive for c in chunks])
-            self._cache[key] = rows.repeat_interleave(batch // len(chunks), dim=0).to(device=device, dtype=dtype)
+            self._cache[key] = self._rows(cond_or_uncond, batch, self.positive, self.negative).to(device=device,
+                                                                                                 dtype=dtype)
+        return self._cache[key]
+
+    def repeated_for_batch(self, cond_or_uncond: Sequence[int] | None, batch: int, device) -> RepeatedKeys | None:
+        """The bias of a model call as repeated keys ([B, S] each), or None where it is not repeated keys
+        (``repeated_keys``; or built without ``num_segments``)."""
+        if self._repeats is None:
+            return None
+        key = ("repeated", tuple(cond_or_uncond or ()), batch, str(device))
+        if key not in self._cache:
+            (pe, pi), (ne, ni) = self._repeats
+            self._cache[key] = RepeatedKeys(self._rows(cond_or_uncond, batch, pe, ne).to(device),
+                                            self._rows(cond_or_uncond, batch, pi, ni).to(device))
         return self._cache[key]
 
     def __deepcopy__(self, memo):   # ModelPatcher.clone deep-copies model_options: share, read-only

@@ -4,6 +4,8 @@ Every shim runs for real on the pinned ComfyUI 0.3.64. The newer behaviour it ad
 run here (the ~0.38.1 Comfy-Org/ComfyUI sources are only readable), so it is exercised with the
 smallest faithful stand-in of the newer object; each stand-in names the file and commit it mirrors.
 Last, the decision on image tokens beyond the story (wan_patches._check_tokens), on the pinned DiT.
+The stand-ins live in tests/support/newer_comfy.py (shared with tests/test_comfy_newer_breaks.py, which
+covers the 0.38.1 breaks of issue 23).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from support import newer_comfy
+from support.newer_comfy import AttentionTensorContainer, newer_wrap_attn, set_model_optimized_attention
 
 from dreamshot.attention import NO_TEXT, sdpa_attention
 from dreamshot.layout import StoryLayout
@@ -257,26 +261,10 @@ def test_load_static_diffusion_model_asks_the_newer_loader_for_a_static_patcher(
     assert calls == [("dit.safetensors", {"dtype": torch.bfloat16}, True)]
 
 
-def _dynamic_patcher(model):
-    """ModelPatcherDynamic of comfy/model_patcher.py @08d0e510 as far as DreamShot meets it: is_dynamic()
-    and a patch_model that asserts ``not load_weights`` (weights are loaded per op by its own load())."""
-    import comfy.model_patcher
-
-    class ModelPatcherDynamic(comfy.model_patcher.ModelPatcher):
-        def is_dynamic(self):
-            return True
-
-        def patch_model(self, device_to=None, lowvram_model_memory=0, load_weights=True, force_patch_weights=False):
-            assert not load_weights
-            return super().patch_model(load_weights=load_weights, force_patch_weights=force_patch_weights)
-
-    return ModelPatcherDynamic(model.model, model.load_device, model.offload_device)
-
-
 def test_training_refuses_a_dynamic_patcher(tiny_models_dir):
     from dreamshot.comfy_bridge import training as bridge
 
-    base = _dynamic_patcher(bridge.load_dit(str(tiny_models_dir / "dit.safetensors"), "fp32"))
+    base = newer_comfy.dynamic_patcher(bridge.load_dit(str(tiny_models_dir / "dit.safetensors"), "fp32"))
     with pytest.raises(RuntimeError, match="static ModelPatcher"):
         bridge.StoryModel(base, bridge.TrainableAdapters())
 
@@ -290,7 +278,7 @@ def test_lora_modulation_diffs_apply_without_loading_weights(tiny_models_dir, tm
     from dreamshot.comfy_bridge.compat import is_dynamic
     from dreamshot.comfy_bridge.lora import apply_lora
 
-    model = _dynamic_patcher(bridge.load_dit(str(tiny_models_dir / "dit.safetensors"), "fp32"))
+    model = newer_comfy.dynamic_patcher(bridge.load_dit(str(tiny_models_dir / "dit.safetensors"), "fp32"))
     base = {k: v.clone() for k, v in model.model.state_dict().items()}
     g = torch.Generator().manual_seed(7)
     sd = {"diffusion_model.blocks.0.diff_m": torch.randn(base["diffusion_model.blocks.0.modulation"].shape, generator=g),
@@ -315,17 +303,6 @@ def test_lora_modulation_diffs_apply_without_loading_weights(tiny_models_dir, tm
 
 
 # -- attention: the backend ComfyUI chose -----------------------------------------------------------
-def set_model_optimized_attention(model_options, optimized_attention):
-    """ModelPatcher.set_model_optimized_attention of comfy/model_patcher.py @08d0e510 (what the Model
-    Attention Backend node does, comfy_extras/nodes_model_advanced.py @691e8278), on a model_options dict."""
-    def optimized_attention_override(_, *args, **kwargs):
-        return optimized_attention(*args, **kwargs)
-
-    if getattr(optimized_attention, "container_function", None) is not None:
-        optimized_attention_override.container_function = optimized_attention.container_function
-    model_options["transformer_options"]["optimized_attention_override"] = optimized_attention_override
-
-
 class _Backend:
     """A chosen attention backend that records the (query, key) lengths of every call it gets."""
 
@@ -390,43 +367,6 @@ def test_every_attention_of_a_story_reaches_the_chosen_backend(tiny_wan_model):
 
     _forward(m, x, context, **{SELF_ATTENTION_HOOKS_KEY: hook})
     assert hooked == [n] * blocks and chosen.calls.count((n, n)) == blocks
-
-
-class AttentionTensorContainer:
-    """comfy/ldm/modules/attention.py @05080f60: single-owner q/k/v handed to a backend."""
-
-    __slots__ = ("tensor",)
-
-    def __init__(self, tensor):
-        self.tensor = tensor
-
-    def take(self):
-        if self.tensor is None:
-            raise RuntimeError("attention tensor container has already been consumed")
-        tensor, self.tensor = self.tensor, None
-        return tensor
-
-
-def newer_wrap_attn(func):
-    """wrap_attn of comfy/ldm/modules/attention.py @05080f60, its override dispatch: preferred_attention
-    popped, containers handed to an override's container_function when it has one, else unwrapped
-    (take) and the override called as override(func, q, k, v, **kwargs)."""
-    def wrapper(*args, **kwargs):
-        kwargs.pop("preferred_attention", None)
-        containers = args[:3] if isinstance(args[0], AttentionTensorContainer) else None
-        if "_inside_attn_wrapper" not in kwargs:
-            kwargs["_inside_attn_wrapper"] = True
-            override = (kwargs.get("transformer_options") or {}).get("optimized_attention_override")
-            if override is not None:
-                if containers is not None:
-                    if hasattr(override, "container_function"):
-                        return override.container_function(*args, **kwargs)
-                    args = tuple(c.take() for c in containers) + args[3:]
-                return override(func, *args, **kwargs)
-        if containers is not None:
-            args = tuple(c.take() for c in containers) + args[3:]
-        return func(*args, **kwargs)
-    return wrapper
 
 
 def test_newer_container_calls_reach_the_chosen_backend(comfy_headless):

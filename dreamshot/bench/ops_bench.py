@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..attention import per_shot_cross_attention, sdpa_attention
+from ..attention import RepeatedKeys, per_shot_cross_attention, sdpa_attention
 from ..guidance import self_attention_without_refs
 from ..layout import PIXEL_MULTIPLE, StoryLayout
 from ..roles import auto_regions, build_role_map, racl_loss, role_masked_self_attention
@@ -74,14 +74,16 @@ def _cases(size: ModelSize, width: int, height: int, device, dtype, values: bool
     q, k, v = rand(BATCH, n, inner), rand(BATCH, n, inner), rand(BATCH, n, inner)
     text_k, text_v = rand(BATCH, UNFOLDED_TEXT, inner), rand(BATCH, UNFOLDED_TEXT, inner)
     # Folded story text: a segment per shot (and per reference caption in the captioned case), its last
-    # row standing for UMT5's zero padding with the key bias ln(z).
+    # row standing for UMT5's zero padding (z rows): as the sampler runs it, repeated keys (the row z times,
+    # unmasked through the backend); the key bias ln(z) is the masked form of the same.
     segs = SHOTS + REFS
 
-    def folded(n_segments):   # context K, V and key bias as the hook gets them (contiguous)
-        bias = torch.zeros(BATCH, n_segments, FOLDED_TEXT, device=device)
-        bias[:, :, -1] = math.log(UNFOLDED_TEXT - FOLDED_TEXT + 1)
+    def folded(n_segments):   # context K, V and their repeated keys as the hook gets them (contiguous)
+        z = UNFOLDED_TEXT - FOLDED_TEXT + 1
+        repeated = RepeatedKeys(torch.full((BATCH, n_segments), float(z - 1), device=device),
+                                torch.full((BATCH, n_segments), FOLDED_TEXT - 1, device=device))
         return (rand(BATCH, n_segments * FOLDED_TEXT, inner), rand(BATCH, n_segments * FOLDED_TEXT, inner),
-                bias.view(BATCH, -1).to(dtype))
+                repeated)
 
     shot_text, all_text = folded(SHOTS), folded(segs)
     uncaptioned = [-1] * REFS + list(range(SHOTS))
@@ -130,9 +132,9 @@ def _cases(size: ModelSize, width: int, height: int, device, dtype, values: bool
     }
     ops = [
         ("per-shot cross-attention, folded text, uncaptioned refs", "cross",
-         lambda: per_shot_cross_attention(q, *shot_text[:2], heads, uncaptioned, p, SHOTS, key_bias=shot_text[2])),
+         lambda: per_shot_cross_attention(q, *shot_text[:2], heads, uncaptioned, p, SHOTS, repeated=shot_text[2])),
         ("per-shot cross-attention, folded text, captioned refs", "cross",
-         lambda: per_shot_cross_attention(q, *all_text[:2], heads, captioned, p, segs, key_bias=all_text[2])),
+         lambda: per_shot_cross_attention(q, *all_text[:2], heads, captioned, p, segs, repeated=all_text[2])),
         ("role-masked self-attention (regions given)", "self",
          lambda: role_masked_self_attention(q, k, v, heads, groups, refs, 1.0)),
         ("auto regions (3-character casts)", "self",

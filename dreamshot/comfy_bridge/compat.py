@@ -113,7 +113,7 @@ def is_dynamic(patcher) -> bool:
 
 
 # -- attention ------------------------------------------------------------------------------------
-def attention_backend(func, previous):
+def attention_backend(func, previous, preferred=None):
     """The attention ComfyUI would run for a plain call, for DreamShot's sub-attentions.
 
     ComfyUI calls ``transformer_options["optimized_attention_override"](func, q, k, v, heads=...,
@@ -122,16 +122,71 @@ def attention_backend(func, previous):
     comfy/model_patcher.py @08d0e510: ``lambda _, *args, **kw: chosen(*args, **kw)``), as is any pack's
     attention patch set through the same hook; DreamShot's override wraps the one it finds (``previous``). Its per-shot,
     no-references and role sub-calls go through ``previous`` so that choice still applies; without
-    one (0.3.64 stock) this is ``func`` itself, unchanged. ``previous`` must accept any q/k/v it is
-    given (a backend does; an override that expects the model's full token sequence does not).
+    one, the checkpoint's own choice (``preferred``, see ``preferred_attention``), else ``func``
+    itself (0.3.64 stock: unchanged). ``previous`` must accept any q/k/v it is given (a backend does;
+    an override that expects the model's full token sequence does not).
     """
     if previous is None:
-        return func
+        return func if preferred is None else preferred
 
     def chosen(q, k, v, heads, **kwargs):
         return previous(func, q, k, v, heads=heads, **kwargs)
 
     return chosen
+
+
+def preferred_attention(diffusion_model, transformer_options, cross: bool):
+    """The attention function the checkpoint asks for at this call, or None.
+
+    Newer Wan layers carry a ComfyAttention (``comfy_attention``, configured from the checkpoint's
+    ``<layer>.comfy_attention.config``: comfy-kitchen int8 attention where the GPU has the kernel) and pass
+    it to optimized_attention as ``preferred_attention`` (comfy/ldm/wan/model.py @0c9a69ae). wrap_attn pops
+    it before anything else and uses it only when no override is set (comfy/ldm/modules/attention.py
+    @05080f60), so an override never sees it: the layer is found instead from the block index that
+    forward_orig writes into transformer_options, and its self_attn or cross_attn. 0.3.64 has neither
+    the layer attribute nor the index: None.
+    """
+    index = (transformer_options or {}).get("block_index")
+    blocks = getattr(diffusion_model, "blocks", None)
+    if not isinstance(index, int) or blocks is None or not 0 <= index < len(blocks):
+        return None
+    layer = getattr(blocks[index], "cross_attn" if cross else "self_attn", None)
+    return getattr(getattr(layer, "comfy_attention", None), "function", None)
+
+
+# Attention overrides that newer ComfyUI's own nodes install, by the module that defines them.
+OVERRIDE_NODES = {"comfy_extras.nodes_sparse_attention": "Model Sparse Attention (BlockSparseAttention)"}
+
+
+def override_name(override) -> str:
+    """A person-readable name of an attention override: the core node that installs it, else its
+    function's module and name."""
+    module = getattr(override, "__module__", None) or type(override).__module__
+    for suffix, node in OVERRIDE_NODES.items():
+        if module == suffix or module.endswith("." + suffix):
+            return f"the {node} node"
+    name = getattr(override, "__qualname__", None) or type(override).__qualname__
+    return f"an attention override installed by another node ({module}.{name})"
+
+
+# -- model patches --------------------------------------------------------------------------------
+def add_parameter_patch(patcher, key: str, value) -> None:
+    """``patcher.add_object_patch(key, value)`` for a bare parameter, with ``value``'s dtype kept.
+
+    Newer ComfyUI records every parameter's dtype at model creation (``<name>_comfy_model_dtype`` on its
+    module: comfy/model_management.py ``archive_model_dtypes``, called by BaseModel.__init__), and
+    ModelPatcherDynamic.load -> ``_load_list(for_dynamic=True, default_device=...)`` casts each parameter
+    of a non-leaf module (Wan's ``blocks.N.modulation``, ``head.modulation``) in place to that dtype
+    (``param.data = param.data.to(device, dtype=...)``, comfy/model_patcher.py @08d0e510): a float32
+    patch on an fp8 model would turn fp8 for good. Where the record exists and differs, it is object-patched
+    to ``value``'s dtype as well (and restored with the parameter on unpatch). 0.3.64 records nothing.
+    """
+    patcher.add_object_patch(key, value)
+    module_path, _, name = key.rpartition(".")
+    module = patcher.get_model_object(module_path) if module_path else patcher.model
+    record = f"{name}_comfy_model_dtype"
+    if getattr(module, record, value.dtype) != value.dtype:
+        patcher.add_object_patch(f"{module_path}.{record}" if module_path else record, value.dtype)
 
 
 # -- the Wan DiT ----------------------------------------------------------------------------------

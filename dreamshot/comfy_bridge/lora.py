@@ -16,6 +16,7 @@ import safetensors
 import safetensors.torch
 import torch
 
+from . import compat
 from ..errors import DreamShotInputError
 from ..lora_keys import diffsynth_to_comfy, lora_modules
 
@@ -101,7 +102,8 @@ def _patch_parameters(m, patches: dict, strength: float) -> list[str]:
     fp8_e4m3fn) keep 3 mantissa bits, so rounding the sum back would drop small diffs (measured on the
     tiny DiT: 26% of the entries of a 0.01-scale modulation diff rounded away). Wan casts its
     modulation tables to the compute dtype at every use, so a float32 table works as is (14B: 1.24M
-    values, 5 MB).
+    values, 5 MB). ``compat.add_parameter_patch`` keeps it float32 under newer ComfyUI's dynamic-VRAM
+    patcher, which would otherwise cast it back to the model's fp8 when it loads the model.
     """
     done = []
     for key, adapter in patches.items():
@@ -113,7 +115,7 @@ def _patch_parameters(m, patches: dict, strength: float) -> list[str]:
         diff = adapter[1][0].to(device=current.device, dtype=torch.float32)
         value = current.detach().float() + strength * diff.reshape(current.shape)
         keep = current.dtype if current.element_size() >= 2 else torch.float32
-        m.add_object_patch(key, torch.nn.Parameter(value.to(keep), requires_grad=False))
+        compat.add_parameter_patch(m, key, torch.nn.Parameter(value.to(keep), requires_grad=False))
         done.append(key)
     return done
 

@@ -6,14 +6,21 @@
   the DiT exactly clean at t = 0.
 - Per-shot cross-attention: transformer_options["optimized_attention_override"], reading the
   story's frame -> prompt-segment map from transformer_options["dreamshot"]. A folded story text
-  (dreamshot.text_fold) adds its key bias: positive rows for the batch chunks ComfyUI marks 0 in
-  transformer_options["cond_or_uncond"], negative rows for those marked 1.
+  (dreamshot.text_fold) adds its key bias (positive rows for the batch chunks ComfyUI marks 0 in
+  transformer_options["cond_or_uncond"], negative rows for those marked 1), as repeated keys run
+  unmasked through the attention backend, or, for a bias that hides rows, as an SDPA mask.
+- DreamShot's override stays the one ComfyUI calls: a DIFFUSION_MODEL wrapper puts it back on top of
+  any override installed during sampling (newer ComfyUI's Block Sparse Attention re-installs its own at
+  every step) for each model call, with the other one beneath it as the backend of what DreamShot runs.
 """
 
 from __future__ import annotations
 
+import logging
+
 import comfy.conds
 import comfy.model_base
+import comfy.patcher_extension
 
 from . import compat, role_patch, shot_lora
 from ..attention import per_shot_cross_attention
@@ -21,12 +28,22 @@ from ..clean_frames import per_frame_timestep
 from ..guidance import self_attention_without_refs
 from ..text_fold import StoryKeyBias, key_bias, padding_mask_bias
 
+log = logging.getLogger("DreamShot")
+
 STORY_KEY = "dreamshot"
 SELF_ATTENTION_HOOKS_KEY = "dreamshot_self_attention"
 # Set in a model pass's transformer_options: shots are blind to the references (reference CFG).
 NO_REFS_KEY = "dreamshot_no_refs"
 # Set by mask_text_padding(model): prompt padding rows are hidden from cross-attention (not Wan's way).
 MASK_PADDING_KEY = "dreamshot_mask_text_padding"
+OVERRIDE_KEY = "optimized_attention_override"
+# Set (to "self" or "cross") in the transformer_options of every call DreamShot's override passes on: a
+# DreamShot override further down (beneath another node's override) passes it on unchanged.
+BELOW_KEY = "dreamshot_below"
+WRAPPER_KEY = "dreamshot_story"   # the DIFFUSION_MODEL wrapper that keeps DreamShot's override on top
+# ComfyUI's attention functions take these after heads (comfy/ldm/modules/attention.py): a caller that
+# passes them positionally gets them by name here.
+_POSITIONAL = ("mask", "attn_precision", "skip_reshape", "skip_output_reshape")
 
 
 def check_wan21_t2v(model, node: str | None = None) -> None:
@@ -68,46 +85,110 @@ def _clean_frame_patches(patcher):
             "scale_latent_inpaint": scale_latent_inpaint}
 
 
-def _attention_override(previous):
+def _attention_override(previous, diffusion_model=None):
     """ComfyUI attention hook: per-shot cross-attention; self-attention goes to DreamShot's
     self-attention hooks (role attention) when set, else through unchanged. Every attention it runs
     goes to the backend ComfyUI chose (``compat.attention_backend``: an earlier override such as the
-    Model Attention Backend node, else ComfyUI's default)."""
+    Model Attention Backend node, else the checkpoint's own choice on ``diffusion_model``'s layer
+    (``compat.preferred_attention``), else ComfyUI's default). Calls it passes on are marked
+    (BELOW_KEY), so that a DreamShot override reached again beneath another override passes them on."""
     previous = getattr(previous, "dreamshot_previous", previous)   # a story patch replaces, never stacks
 
-    def override(func, q, k, v, *args, heads=None, transformer_options=None, **kwargs):
-        def passthrough():
-            if previous is not None:
-                return previous(func, q, k, v, *args, heads=heads, transformer_options=transformer_options, **kwargs)
-            return func(q, k, v, *args, heads=heads, transformer_options=transformer_options, **kwargs)
-
-        story = (transformer_options or {}).get(STORY_KEY)
-        if story is None or args or kwargs.get("mask") is not None or kwargs.get("skip_reshape"):
-            return passthrough()
-        _check_tokens(q.shape[1], story["num_tokens"])
-        attention = compat.attention_backend(func, previous)
+    def override(func, q, k, v, heads=None, *args, transformer_options=None, **kwargs):
+        # ``heads`` by keyword (ComfyUI) or positionally (Block Sparse Attention's dense fallback,
+        # comfy_extras/nodes_sparse_attention.py @01dafad3); anything after it by name.
+        if len(args) > len(_POSITIONAL):
+            raise TypeError(f"attention got {4 + len(args)} positional arguments")
+        kwargs.update(zip(_POSITIONAL, args))
+        to = transformer_options or {}
+        layer = to.get(BELOW_KEY) or ("self" if k.shape[1] == q.shape[1] else "cross")
+        below = {**to, BELOW_KEY: layer}
+        attention = compat.attention_backend(
+            func, previous, compat.preferred_attention(diffusion_model, to, cross=layer == "cross"))
 
         def backend(qs, ks, vs, h):
-            return attention(qs, ks, vs, h, transformer_options=transformer_options, **kwargs)
+            return attention(qs, ks, vs, h, transformer_options=below, **kwargs)
 
-        if k.shape[1] == q.shape[1]:  # self-attention (cross-attention keys never have this length)
-            if transformer_options.get(NO_REFS_KEY) and story.get("num_ref_tokens", 0) > 0:
+        story = to.get(STORY_KEY)
+        if (story is None or BELOW_KEY in to or kwargs.get("mask") is not None or kwargs.get("skip_reshape")
+                or kwargs.get("skip_output_reshape")):
+            return backend(q, k, v, heads)
+        _check_tokens(q.shape[1], story["num_tokens"])
+
+        if layer == "self":   # (cross-attention keys never have the image tokens' length)
+            if to.get(NO_REFS_KEY) and story.get("num_ref_tokens", 0) > 0:
                 return self_attention_without_refs(q, k, v, heads, story["num_ref_tokens"], backend)
-            hook = transformer_options.get(SELF_ATTENTION_HOOKS_KEY)
+            hook = to.get(SELF_ATTENTION_HOOKS_KEY)
             if hook is not None:
-                return hook(attention, q, k, v, heads=heads, transformer_options=transformer_options, **kwargs)
-            return passthrough()
+                return hook(attention, q, k, v, heads=heads, transformer_options=below, **kwargs)
+            return backend(q, k, v, heads)
         if k.shape[1] != story["context_length"]:
-            return passthrough()
+            return backend(q, k, v, heads)
 
         bias = story.get("key_bias")
-        if bias is not None:
-            bias = bias.for_batch(transformer_options.get("cond_or_uncond"), q.shape[0], q.device, q.dtype)
+        repeated = key_bias = None
+        if bias is not None:   # repeated keys run unmasked through the backend; else an additive mask
+            repeated = bias.repeated_for_batch(to.get("cond_or_uncond"), q.shape[0], q.device)
+            if repeated is None:
+                key_bias = bias.for_batch(to.get("cond_or_uncond"), q.shape[0], q.device, q.dtype)
         return per_shot_cross_attention(q, k, v, heads, story["frame_segments"], story["tokens_per_frame"],
-                                         story["num_segments"], attention=backend, key_bias=bias)
+                                         story["num_segments"], attention=backend, key_bias=key_bias,
+                                         repeated=repeated)
 
     override.dreamshot_previous = previous
     return override
+
+
+def _keep_outermost(diffusion_model):
+    """A DIFFUSION_MODEL wrapper: each model call runs with a DreamShot override as the attention
+    override ComfyUI calls.
+
+    Newer ComfyUI's Block Sparse Attention puts its override on top of whatever is installed, at patch
+    time and again at every step from ON_PREPARE_STATE (``install_override``,
+    comfy_extras/nodes_sparse_attention.py @01dafad3); its sparse kernel then takes the self-attention
+    calls it accepts before DreamShot sees them (role attention and the reference-CFG pass skipped). Any
+    override found on top here gets a DreamShot override over it for this call (logged once per
+    override): DreamShot sees every call, and the other override runs what DreamShot passes on, as one
+    installed before the story patch does. The model_options are left as they are (re-wrapping there
+    would stack again at every step). Should the override be replaced during the call itself, the run
+    stops with an error naming what replaced it.
+    """
+    state = {"below": None, "top": None}
+
+    def wrapper(executor, *args, **kwargs):
+        at = 5 if len(args) > 5 else None   # WanModel.forward's execute(x, t, context, clip_fea, tdc, to)
+        to = args[at] if at is not None else kwargs.get("transformer_options")
+        if to is None:
+            return executor(*args, **kwargs)
+        top = to.get(OVERRIDE_KEY)
+        if not hasattr(top, "dreamshot_previous"):   # another override (or none) on top of DreamShot's
+            below = top
+            if state["below"] is not below or state["top"] is None:
+                log.info("DreamShot: %s was installed over DreamShot's attention during sampling; DreamShot runs "
+                         "first and hands it the attention calls it passes on.",
+                         "no attention override" if below is None else compat.override_name(below))
+                state["below"], state["top"] = below, _attention_override(below, diffusion_model)
+            top = state["top"]
+            to = {**to, OVERRIDE_KEY: top}
+            if at is not None:
+                args = args[:at] + (to,) + args[at + 1:]
+            else:
+                kwargs["transformer_options"] = to
+        out = executor(*args, **kwargs)
+        if to.get(OVERRIDE_KEY) is not top:
+            _refuse_override(to.get(OVERRIDE_KEY))
+        return out
+
+    return wrapper
+
+
+def _refuse_override(override) -> None:
+    from ..errors import DreamShotInputError
+
+    raise DreamShotInputError(
+        "model", f"{compat.override_name(override)} replaced DreamShot's attention in the middle of a model call, "
+        "so attention calls of the story may have skipped DreamShot (per-shot prompts, role attention, "
+        "reference CFG).", "connect the model to DreamShot Sampler without that node.")
 
 
 def _check_tokens(got: int, packed: int) -> None:
@@ -148,10 +229,11 @@ def story_options(sequence, mask_padding: bool = False) -> dict:
     if mask_padding:
         n = sequence.num_segments
         options["key_bias"] = StoryKeyBias(padding_mask_bias(sequence.positive, n),
-                                           padding_mask_bias(sequence.negative, n))
+                                           padding_mask_bias(sequence.negative, n), n)
     elif positive_zero_rows is not None:
         options["key_bias"] = StoryKeyBias(key_bias(sequence.positive, positive_zero_rows),
-                                           key_bias(sequence.negative, sequence.negative_zero_rows))
+                                           key_bias(sequence.negative, sequence.negative_zero_rows),
+                                           sequence.num_segments)
     return options
 
 
@@ -173,8 +255,10 @@ def patch_for_story(model, sequence, story_pass=None):
     for name, obj in _clean_frame_patches(m).items():
         m.add_object_patch(name, obj)
     to = m.model_options.setdefault("transformer_options", {})
-    previous = to.get("optimized_attention_override")
-    to["optimized_attention_override"] = _attention_override(previous)
+    dm = m.get_model_object("diffusion_model")
+    to[OVERRIDE_KEY] = _attention_override(to.get(OVERRIDE_KEY), dm)
+    m.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY)
+    m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, _keep_outermost(dm))
     to[STORY_KEY] = story_options(sequence, mask_padding=bool(to.get(MASK_PADDING_KEY)))
     role_config = to.get(role_patch.CONFIG_KEY)
     if role_config is not None:
