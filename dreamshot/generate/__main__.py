@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None, on_chunk=None) -> int:
         return 2
     from ..comfy_bridge.headless import import_comfy_for_cli
 
-    if not import_comfy_for_cli(args.comfyui, log):
+    if not import_comfy_for_cli(args, log):
         return 2
     from ..vistory.runner import load_models, model_loras
     from .runner import generate_storyboard

@@ -124,7 +124,7 @@ def held_out(p: Paths, s: ProofSettings) -> list[ds.StorySpec]:
 
 def build_assets(p: Paths, s: ProofSettings) -> dict:
     """Datasets, models and caches; returns timings (s)."""
-    from ..comfy_bridge.training import import_comfy
+    from ..comfy_bridge.headless import import_comfy
 
     import_comfy()
     timings = {}

@@ -153,9 +153,9 @@ def run_cache(cfg: TrainConfig) -> dict:
     cfg.validate(need=("model.vae", "model.text_encoder", "data.dataset", "data.cache_dir"))
     root = Path(cfg.data.dataset)
     sequences = read_manifest(root)
-    from ..comfy_bridge.training import import_comfy
+    from ..comfy_bridge.headless import import_comfy
 
-    import_comfy(cfg.model.comfyui_path or None)
+    import_comfy(cfg.model.comfyui_path or None, path_option="model.comfyui_path")
     from ..comfy_bridge import training as bridge
 
     cache = Path(cfg.data.cache_dir)

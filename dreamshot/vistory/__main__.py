@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None, on_chunk=None) -> int:
         torch.cuda.set_device(device)     # before ComfyUI picks its device
     from ..comfy_bridge.headless import import_comfy_for_cli
 
-    if not import_comfy_for_cli(args.comfyui, log):
+    if not import_comfy_for_cli(args, log):
         return 2
     from tqdm import tqdm
 

@@ -62,7 +62,9 @@ def official_sampling(distill: bool) -> tuple[int, float, float]:
 
 def add_model_arguments(ap, required: bool = True) -> None:
     """The model files and loading options shared by the headless generators (dreamshot.vistory,
-    dreamshot.generate)."""
+    dreamshot.generate), and ComfyUI's own options (comfy_bridge.headless.add_comfy_arguments)."""
+    from ..comfy_bridge.headless import add_comfy_arguments
+
     ap.add_argument("--dit", required=required, help="Wan2.1 T2V diffusion model (.safetensors, ComfyUI format)")
     ap.add_argument("--vae", required=required, help="wan_2.1_vae.safetensors")
     ap.add_argument("--text-encoder", required=required, help="umt5_xxl (ComfyUI format)")
@@ -74,8 +76,8 @@ def add_model_arguments(ap, required: bool = True) -> None:
     ap.add_argument("--scheduler", default="simple")
     ap.add_argument("--dit-dtype", choices=("bf16", "fp16", "fp32"), default="bf16")
     ap.add_argument("--text-encoder-config", help="JSON overriding UMT5 config keys (tiny test encoders only)")
-    ap.add_argument("--comfyui", help="ComfyUI folder (default: $COMFYUI_PATH, the enclosing ComfyUI, ~/ComfyUI)")
     ap.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    add_comfy_arguments(ap)
 
 
 def model_loras(args) -> list[tuple[str, float]]:
