@@ -6,6 +6,7 @@
 - ``dreamshot/comfy_bridge`` (the one adapter) never imports the nodes or a tool.
 - The headless tools (``python -m dreamshot.<tool>``) import ComfyUI only inside functions, after
   their headless bootstrap, so ``--help`` and their unit tests need no ComfyUI.
+- No import cycle inside ``dreamshot/``, lazy imports inside functions included.
 - ``nodes/`` reaches the method only through relative imports of ``..dreamshot`` (the pack is
   loaded under a path-derived module name) and never through ``sys.path`` tricks; ComfyUI's node API
   (``io``, ``ui``) comes from ``dreamshot.comfy_bridge.compat`` only, and every node's ``execute`` runs
