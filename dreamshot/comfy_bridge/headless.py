@@ -23,20 +23,20 @@ PACK_ROOT = Path(__file__).resolve().parents[2]
 # The VRAM modes are one mutually exclusive group in ComfyUI (comfy/cli_args.py, vram_group) and here.
 VRAM_MODES = {"--gpu-only": "gpu_only", "--highvram": "highvram", "--normalvram": "normalvram",
               "--lowvram": "lowvram", "--novram": "novram", "--cpu": "cpu"}
-MEMORY_OPTIONS = {"--reserve-vram": "reserve_vram", "--disable-smart-memory": "disable_smart_memory",
-                  "--disable-dynamic-vram": "disable_dynamic_vram"}
+MEMORY_OPTIONS = {"--reserve-vram": "reserve_vram", "--disable-smart-memory": "disable_smart_memory"}
+# Not offered: newer ComfyUI's dynamic VRAM. Its main.py starts comfy-aimdo and swaps in
+# ModelPatcherDynamic (main.py @02018c7e); this start-up does not, so a headless tool loads models the
+# estimate-based way, as the server does with --disable-dynamic-vram.
 _HELP = {
     "--gpu-only": "store and run everything (text encoder included) on the GPU",
     "--highvram": "keep models in GPU memory after use instead of unloading them to RAM",
     "--normalvram": "force normal VRAM use if lowvram gets enabled automatically (ComfyUI 0.3.x; gone in newer "
                     "ComfyUI)",
-    "--lowvram": "split the DiT, loading parts of it at a time (ComfyUI 0.3.x; newer ComfyUI with dynamic VRAM "
-                 "ignores it)",
+    "--lowvram": "0.3.x: load the DiT in parts; newer ComfyUI (without dynamic VRAM): the text encoder on the CPU",
     "--novram": "when --lowvram is not enough",
     "--cpu": "run everything on the CPU (slow; the default only when there is no CUDA device)",
     "--reserve-vram": "GB of VRAM to leave free for the OS and other programs",
     "--disable-smart-memory": "offload models to RAM aggressively instead of keeping them in VRAM",
-    "--disable-dynamic-vram": "estimate-based loading instead of dynamic VRAM (newer ComfyUI only)",
 }
 
 
@@ -61,8 +61,6 @@ def add_comfy_arguments(ap) -> None:
         vram.add_argument(flag, action="store_true", default=None, help=_HELP[flag])
     g.add_argument("--reserve-vram", type=float, metavar="GB", help=_HELP["--reserve-vram"])
     g.add_argument("--disable-smart-memory", action="store_true", default=None, help=_HELP["--disable-smart-memory"])
-    g.add_argument("--disable-dynamic-vram", action="store_true", default=None,
-                   help=_HELP["--disable-dynamic-vram"])
 
 
 def comfy_options(args) -> dict:

@@ -40,9 +40,9 @@ def unet_model_options(weight_dtype: str = "default") -> dict:
 
 
 def load_diffusion_model(path: str, weight_dtype: str = "default", forced_dtype: str | None = None):
-    """The Wan2.1 T2V DiT at ``path`` as UNETLoader loads it (comfy.sd.load_diffusion_model, whatever patcher
-    this ComfyUI gives a graph). ``forced_dtype`` (bf16/fp16/fp32, the deprecated --dit-dtype) replaces
-    UNETLoader's dtype choice."""
+    """The Wan2.1 T2V DiT at ``path`` as UNETLoader loads it (comfy.sd.load_diffusion_model with its
+    model_options). ``forced_dtype`` (bf16/fp16/fp32, the deprecated --dit-dtype) replaces UNETLoader's
+    dtype choice."""
     import comfy.sd
 
     from .wan_patches import check_wan21_t2v
