@@ -90,7 +90,7 @@ def import_comfy(comfyui_path: str | os.PathLike | None = None, cpu: bool | None
     if "comfy.model_management" in sys.modules:
         from comfy.cli_args import args
 
-        wanted = {**options, **({"base_directory": base_directory} if base_directory else {})}
+        wanted = {**options, **({"base_directory": str(Path(base_directory).resolve())} if base_directory else {})}
         changed = {k: v for k, v in wanted.items() if getattr(args, k, None) != v}
         if changed:
             raise RuntimeError(f"ComfyUI is already imported in this process, so its options can no longer change "
