@@ -6,7 +6,7 @@ Format (version 1; docs/story-files.md is the reference)::
     format: dreamshot-story          # optional; when given, exactly this
     version: 1                       # optional; when given, 1
     title: The Lighthouse Keeper     # optional
-    settings: {width: 832, height: 480, seed: 42}   # optional, see SETTINGS
+    settings: {width: 832, height: 480, seed: 42}   # optional, see SETTINGS (also racl, shot_loras, variants)
     characters:                      # optional list, in reference order
       - name: Mira                   # required, unique; shots list it
         kind: character              # optional: character | location | prop
@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -63,9 +64,46 @@ _SHOT_KEYS = {"prompt", "characters", "boxes", "masks", "negative_prompt", "seed
 
 
 @dataclass(frozen=True)
+class RaclSettings:
+    """The RACL Attention Patch's inputs (nodes/racl.py), with its defaults. ``racl: true`` in a file is
+    these defaults, ``racl: false`` is ``enabled=False`` (off, also against a command's default)."""
+
+    enabled: bool = True
+    strength: float = 1.0               # 0..1
+    start_percent: float = 0.0          # 0..1, <= end_percent
+    end_percent: float = 1.0
+    layers: str = "all"                 # "all" or block numbers like "0-9, 20"
+    auto_regions: bool = True
+
+    def document(self):
+        """As a story file writes it: false, true (the node's defaults) or the fields that differ."""
+        if not self.enabled:
+            return False
+        changed = {f.name: getattr(self, f.name) for f in fields(self)
+                   if f.name != "enabled" and getattr(self, f.name) != f.default}
+        return changed or True
+
+
+@dataclass(frozen=True)
+class ShotLoraSettings:
+    """One Shot LoRA node's inputs (nodes/shot_lora.py)."""
+
+    lora: str                           # a file in ComfyUI's models/loras, as the node's lora_name
+    strength: float = 1.0
+    shots: str = ""                     # "2, 4-5" (from 1), "all", or "" (the shots listing ``character``)
+    character: str = ""
+    include_references: bool = False
+
+    def document(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name == "lora" or getattr(self, f.name) != f.default}
+
+
+@dataclass(frozen=True)
 class StorySettings:
     """What a headless run (python -m dreamshot.generate) needs beyond the story; None = not given
-    (the command's flag or default applies). In ComfyUI the nodes' widgets decide instead."""
+    (the command's flag or default applies). In ComfyUI the nodes' widgets decide instead (Load Story
+    warns that it does not apply them)."""
 
     width: int | None = None            # multiple of 16
     height: int | None = None           # multiple of 16
@@ -78,15 +116,34 @@ class StorySettings:
     chunk_size: int | None = None       # shots per pass (0 = all in one pass)
     context_shots: int | None = None    # earlier shots given clean to each later pass
     negative_prompt: str | None = None  # for every shot without its own
+    variants: int | None = None         # storyboards of seed, seed + 1, ... (DreamShot Sampler's variants)
+    racl: RaclSettings | None = None    # the RACL Attention Patch (None: not given = off)
+    shot_loras: tuple[ShotLoraSettings, ...] | None = None   # Shot LoRA nodes, in chain order
 
     def given(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+        """The settings given, as a story file writes them (plain YAML/JSON values)."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            if f.name == "racl":
+                value = value.document()
+            elif f.name == "shot_loras":
+                value = [lora.document() for lora in value]
+            out[f.name] = value
+        return out
 
 
-# name -> (kind, minimum): kinds int, number, mode, string
+# name -> (kind, minimum): kinds int, number, mode, string, racl, shot_loras
 SETTINGS = {"width": ("int", 16), "height": ("int", 16), "mode": ("mode", None), "seed": ("int", 0),
             "steps": ("int", 1), "cfg": ("number", 0), "ref_cfg": ("number", 0), "chunk_size": ("int", 0),
-            "context_shots": ("int", 0), "negative_prompt": ("string", None)}
+            "context_shots": ("int", 0), "negative_prompt": ("string", None), "variants": ("int", 1),
+            "racl": ("racl", None), "shot_loras": ("shot_loras", None)}
+MAX_VARIANTS = 64            # DreamShot Sampler's variants widget
+_LAYERS = re.compile(r"(?i)\s*all\s*|\s*\d+\s*(-\s*\d+\s*)?(,\s*\d+\s*(-\s*\d+\s*)?)*,?\s*")
+_RACL_KEYS = {f.name for f in fields(RaclSettings)} - {"enabled"}
+_SHOT_LORA_KEYS = {f.name for f in fields(ShotLoraSettings)}
 
 
 @dataclass(frozen=True)
@@ -208,7 +265,7 @@ def parse_settings(chk: FieldChecker, raw, prefix: str = "settings") -> StorySet
             continue
         value, field = raw[key], f"{prefix}.{key}"
         if kind == "int":
-            value = _int(chk, field, value, minimum, MAX_SEED if key == "seed" else None)
+            value = _int(chk, field, value, minimum, {"seed": MAX_SEED, "variants": MAX_VARIANTS}.get(key))
             if value is not None and key in ("width", "height") and value % 16:
                 lower = max(16, value - value % 16)
                 chk.bad(field, f"{value} is not a multiple of 16 (use {lower} or {lower + 16})")
@@ -224,11 +281,135 @@ def parse_settings(chk: FieldChecker, raw, prefix: str = "settings") -> StorySet
             if value not in [m.value for m in Mode]:
                 chk.bad(field, f"unknown mode {value!r} (use one of: {', '.join(m.value for m in Mode)})")
                 value = None
+        elif kind == "racl":
+            value = parse_racl(chk, field, value)
+        elif kind == "shot_loras":
+            if not isinstance(value, list):
+                chk.bad(field, f"expected a list of Shot LoRAs (- lora: name.safetensors ...), got "
+                        f"{type(value).__name__}")
+                value = None
+            else:
+                loras = [parse_shot_lora(chk, f"{field}[{i}]", item) for i, item in enumerate(value)]
+                value = tuple(lora for lora in loras if lora is not None)
         else:
             value = chk.string(field, value)
         if value is not None:
             values[key] = value
     return StorySettings(**values)
+
+
+def _number(chk: FieldChecker, field: str, value, low: float, high: float) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not low <= value <= high:
+        chk.bad(field, f"expected a number from {low:g} to {high:g}, got {value!r}")
+        return None
+    return float(value)
+
+
+def _bool(chk: FieldChecker, field: str, value) -> bool | None:
+    if not isinstance(value, bool):
+        chk.bad(field, f"expected true or false, got {value!r}")
+        return None
+    return value
+
+
+def parse_racl(chk: FieldChecker, field: str, raw) -> RaclSettings | None:
+    """``true``, ``false`` or a mapping of the RACL Attention Patch's inputs (checked as the node checks
+    them; the layers against the model only when it is loaded)."""
+    if isinstance(raw, bool):
+        return RaclSettings(enabled=raw)
+    if not isinstance(raw, dict):
+        chk.bad(field, f"expected true, false or a mapping of {', '.join(sorted(_RACL_KEYS))}, got "
+                f"{type(raw).__name__}")
+        return None
+    chk.unknown(field + ".", raw, _RACL_KEYS)
+    values: dict[str, Any] = {}
+    ok = True
+    for key in ("strength", "start_percent", "end_percent"):
+        if raw.get(key) is not None:
+            values[key] = _number(chk, f"{field}.{key}", raw[key], 0.0, 1.0)
+            ok &= values[key] is not None
+    if raw.get("auto_regions") is not None:
+        values["auto_regions"] = _bool(chk, f"{field}.auto_regions", raw["auto_regions"])
+        ok &= values["auto_regions"] is not None
+    if raw.get("layers") is not None:
+        layers = raw["layers"]
+        if isinstance(layers, int) and not isinstance(layers, bool):
+            layers = str(layers)
+        elif isinstance(layers, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in layers):
+            layers = ", ".join(map(str, layers))
+        layers = chk.string(f"{field}.layers", layers).strip() or "all"
+        # The form only; the node's parse_layers checks the numbers against the model once it is loaded.
+        if not _LAYERS.fullmatch(layers):
+            chk.bad(f"{field}.layers", f'expected "all" or block numbers like "0-9, 20", got {layers!r}')
+            ok = False
+        values["layers"] = layers
+    if not ok:
+        return None
+    settings = RaclSettings(**values)
+    if settings.start_percent > settings.end_percent:
+        chk.bad(f"{field}.start_percent", f"start {settings.start_percent:g} is after end {settings.end_percent:g} "
+                "(set start_percent <= end_percent)")
+        return None
+    return settings
+
+
+def parse_shot_lora(chk: FieldChecker, field: str, raw) -> ShotLoraSettings | None:
+    """One Shot LoRA: a mapping with ``lora`` (a file name in ComfyUI's models/loras) and the node's
+    other inputs, checked as the node checks them."""
+    from .shot_lora import parse_shot_numbers
+
+    if not isinstance(raw, dict):
+        chk.bad(field, f"expected a mapping with lora and shots or character, got {type(raw).__name__}")
+        return None
+    chk.unknown(field + ".", raw, _SHOT_LORA_KEYS)
+    n = len(chk.problems)
+    lora = chk.string(f"{field}.lora", raw.get("lora")).strip()
+    if not lora:
+        chk.bad(f"{field}.lora", "missing (the LoRA's file name in ComfyUI's models/loras, e.g. ink.safetensors)")
+    elif Path(lora).is_absolute() or ".." in lora.replace("\\", "/").split("/") or ":" in lora \
+            or not lora.lower().endswith(".safetensors"):
+        chk.bad(f"{field}.lora", f"{lora!r}: give a .safetensors file name inside ComfyUI's models/loras (as the "
+                "Shot LoRA node lists it), not a path")
+    strength = 1.0 if raw.get("strength") is None else _number(chk, f"{field}.strength", raw["strength"], -10, 10)
+    shots = raw.get("shots", "")
+    if isinstance(shots, int) and not isinstance(shots, bool):
+        shots = str(shots)
+    elif isinstance(shots, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in shots):
+        shots = ", ".join(map(str, shots))
+    shots = chk.string(f"{field}.shots", shots).strip()
+    picked = None
+    try:
+        picked = parse_shot_numbers(shots)
+    except DreamShotInputError as e:
+        chk.bad(f"{field}.shots", e.problem.rstrip("."))
+    character = chk.string(f"{field}.character", raw.get("character")).strip()
+    refs = False if raw.get("include_references") is None else _bool(chk, f"{field}.include_references",
+                                                                     raw["include_references"])
+    if picked is None and not character and shots.lower() != "all" and len(chk.problems) == n:
+        chk.bad(field, 'no shots and no character: give shots (like "2, 4-5", or all) or a character')
+    if refs and not character:
+        chk.bad(f"{field}.include_references", "references belong to characters; give the character, or leave "
+                "include_references false")
+    if len(chk.problems) != n:
+        return None
+    return ShotLoraSettings(lora=lora, strength=strength, shots=shots, character=character,
+                            include_references=bool(refs))
+
+
+def check_shot_lora_scopes(chk: FieldChecker, settings: StorySettings, shot_characters,
+                           field: str = "settings.shot_loras"):
+    """Each Shot LoRA's shots and character against the story's shots (dreamshot.shot_lora.story_scope,
+    what the sampler checks), before anything is loaded."""
+    from .shot_lora import ShotLoRA, parse_shot_numbers, story_scope
+
+    for i, lora in enumerate(settings.shot_loras or ()):
+        probe = ShotLoRA(name=lora.lora, strength=lora.strength, deltas={}, shots=parse_shot_numbers(lora.shots),
+                         character=lora.character or None, include_references=lora.include_references)
+        try:
+            story_scope(probe, shot_characters)
+        except DreamShotInputError as e:
+            chk.bad(f"{field}[{i}].{e.input_name}", e.problem.rstrip("."))
 
 
 def parse_settings_text(text: str, input_name: str = "settings") -> StorySettings:
@@ -413,6 +594,8 @@ def _parse(path: Path, confine: Path | None):
         chk.bad("shots", "expected a non-empty list of shots (- prompt: ...)")
         shots_raw = []
     shots = [e for j, raw_s in enumerate(shots_raw) if (e := _shot(chk, j, raw_s, names)) is not None]
+    if not chk.problems:
+        check_shot_lora_scopes(chk, settings, [s.characters for s in shots])
     return chk, title, settings, characters, shots
 
 

@@ -2,6 +2,7 @@
 (dreamshot/story_file.py; format in docs/story-files.md)."""
 
 import hashlib
+import logging
 import os
 
 import folder_paths
@@ -15,6 +16,9 @@ from ..dreamshot.sheet import next_counter
 from .errors import reported_as
 from .sheet import _split_prefix
 from .types import CATEGORY, Characters, Shots
+
+
+log = logging.getLogger("DreamShot")
 
 
 def _story_path(story: str) -> str:
@@ -69,6 +73,15 @@ class LoadStory(io.ComfyNode):
     def execute(cls, story) -> io.NodeOutput:
         with reported_as(cls.DISPLAY):
             loaded = read_story(_story_path(story), folder_paths.get_input_directory())
+            given = loaded.settings.given()
+            if given:   # never dropped silently: the graph's widgets and patch nodes decide instead
+                log.warning("%s: %s: its settings (%s) are read by python -m dreamshot.generate only; in this graph "
+                            "the nodes decide: Shot Sequence Pack (width, height, mode, negative_prompt), DreamShot "
+                            "Sampler (seed, steps, cfg, ref_cfg, chunk_size, context_shots, variants), RACL "
+                            "Attention Patch (racl), Shot LoRA (shot_loras).", cls.DISPLAY, story, ", ".join(given))
+            if loaded.locked:
+                log.info("%s: %s: shot(s) %s are locked: connect lock_shots and the earlier keyframes to Shot "
+                         "Sequence Pack to keep them.", cls.DISPLAY, story, loaded.lock_text)
             return io.NodeOutput(loaded.characters, loaded.shots, loaded.lock_text, loaded.title)
 
 
@@ -97,8 +110,8 @@ class SaveStory(io.ComfyNode):
                                         "them)."),
                 io.String.Input("settings", default="", multiline=True, optional=True,
                                 tooltip="Optional settings for headless runs, one per line, e.g. 'width: 832', "
-                                        "'height: 480', 'seed: 42', 'steps: 30', 'chunk_size: 6' (see "
-                                        "docs/story-files.md)."),
+                                        "'height: 480', 'seed: 42', 'steps: 30', 'chunk_size: 6', 'variants: 2', "
+                                        "'racl: true', or a shot_loras list (see docs/story-files.md)."),
                 io.String.Input("filename_prefix", default="DreamShot/story",
                                 tooltip="File name prefix inside ComfyUI's output folder; '/' makes subfolders. "
                                         "A counter is added, existing files are never overwritten."),

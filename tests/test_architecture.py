@@ -6,6 +6,7 @@
 - ``dreamshot/comfy_bridge`` (the one adapter) never imports the nodes or a tool.
 - The headless tools (``python -m dreamshot.<tool>``) import ComfyUI only inside functions, after
   their headless bootstrap, so ``--help`` and their unit tests need no ComfyUI.
+- No import cycle inside ``dreamshot/``, lazy imports inside functions included.
 - ``nodes/`` reaches the method only through relative imports of ``..dreamshot`` (the pack is
   loaded under a path-derived module name) and never through ``sys.path`` tricks; ComfyUI's node API
   (``io``, ``ui``) comes from ``dreamshot.comfy_bridge.compat`` only, and every node's ``execute`` runs
@@ -150,3 +151,76 @@ def test_every_node_reports_its_errors_under_its_name():
                 if not withs:
                     missing.append(f"{path.relative_to(REPO)}:{fn.lineno}")
     assert not missing, f"execute without reported_as: {missing}"
+
+
+def _module_name(path: Path) -> str:
+    parts = _package_of(path)
+    return ".".join(("dreamshot",) + (parts[:-1] if parts[-1] == "__init__" else parts))
+
+
+def import_graph() -> dict[str, set[str]]:
+    """dreamshot module -> the dreamshot modules it imports anywhere in its file (module level or inside
+    a function: a lazy import closes a cycle just as well, only later)."""
+    modules = {_module_name(p): p for p in _files(PKG)}
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    for name, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = _resolve(path, node.module or "", node.level)
+                # ``from .pkg import x`` imports the module pkg.x when there is one, else pkg itself
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+            else:
+                continue
+            graph[name].update(t for t in targets if t in modules and t != name)
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return cycles
+
+
+def test_import_cycles_are_found():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": set()}
+    assert import_cycles(graph) == [["a", "b", "c"]]
+    assert import_cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_module_of_dreamshot_imports_itself_back():
+    """No import cycle inside dreamshot/, lazy imports included: two modules that need each other are one
+    module, or share a third (dreamshot/train/cache_tensors.py broke cache.py <-> video.py)."""
+    graph = import_graph()
+    assert "dreamshot.train.video" in graph["dreamshot.train.cache"]      # the graph sees the edges
+    assert import_cycles(graph) == []

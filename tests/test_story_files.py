@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -17,8 +18,8 @@ from PIL import Image
 from dreamshot.errors import DreamShotInputError
 from dreamshot.modes import Mode
 from dreamshot.story import Character, Shot
-from dreamshot.story_file import (Story, StorySettings, list_story_files, parse_settings_text, read_story,
-                                  story_files_used, write_story)
+from dreamshot.story_file import (RaclSettings, ShotLoraSettings, Story, StorySettings, list_story_files,
+                                  parse_settings_text, read_story, story_files_used, write_story)
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "story" / "lighthouse.yaml"
@@ -115,6 +116,25 @@ def test_settings_are_checked_and_read(story_dir):
     with pytest.raises(DreamShotInputError, match=r"input 'settings': settings:2: settings.steps: expected a whole "
                                                    r"number >= 1, got 0"):
         parse_settings_text("width: 64\nsteps: 0")
+    # The patch nodes' inputs and the sampler's variants, checked as the nodes check them.
+    assert parse_settings_text("racl: true").racl == RaclSettings()
+    assert parse_settings_text("racl: false").given() == {"racl": False}
+    assert parse_settings_text("racl: {end_percent: 0.5, layers: [0, 1]}").racl == RaclSettings(end_percent=0.5,
+                                                                                                 layers="0, 1")
+    assert parse_settings_text("variants: 3\nshot_loras:\n  - {lora: a/b.safetensors, shots: [1, 2]}\n") == \
+        StorySettings(variants=3, shot_loras=(ShotLoraSettings("a/b.safetensors", shots="1, 2"),))
+    for text, needle in (("racl: {strength: 1.5}", "settings.racl.strength: expected a number from 0 to 1"),
+                         ("racl: {start_percent: 0.6, end_percent: 0.5}", "start 0.6 is after end 0.5"),
+                         ("racl: {layers: first}", 'settings.racl.layers: expected "all" or block numbers'),
+                         ("variants: 65", "settings.variants: expected a whole number from 1 to 64"),
+                         ("shot_loras: [{lora: /abs/x.safetensors, shots: all}]", "not a path"),
+                         ("shot_loras: [{lora: x.pt, shots: all}]", "give a .safetensors file name"),
+                         ("shot_loras: [{lora: x.safetensors, shots: all, strength: 11}]", "from -10 to 10"),
+                         ("shot_loras: [{lora: x.safetensors}]", "no shots and no character"),
+                         ("shot_loras: [{lora: x.safetensors, shots: 1, include_references: true}]",
+                          "references belong to characters")):
+        with pytest.raises(DreamShotInputError, match=re.escape(needle)):
+            parse_settings_text(text)
 
 
 def errors_of(folder: Path, text: str, name: str = "bad.yaml") -> str:
@@ -215,7 +235,11 @@ def sample_story() -> Story:
                   negative_prompt="blur", image=pixels(32, 32, 9)),
              Shot("", ()))
     return Story(characters=(mira, duo, place), shots=shots, title="Über Rain", locked=(0, 2),
-                 settings=StorySettings(width=64, height=48, steps=3, cfg=2.5))
+                 settings=StorySettings(width=64, height=48, steps=3, cfg=2.5, variants=2,
+                                        racl=RaclSettings(strength=0.5, layers="0-1", auto_regions=False),
+                                        shot_loras=(ShotLoraSettings("ink.safetensors", 0.8, "1, 3"),
+                                                    ShotLoraSettings("mira.safetensors", character="Mira",
+                                                                     include_references=True))))
 
 
 def assert_same_story(a: Story, b: Story) -> None:
@@ -384,7 +408,7 @@ def generate_args(models: Path, out: Path, *extra) -> list[str]:
     return [str(EXAMPLE), "--out", str(out), "--dit", str(models / "dit.safetensors"),
             "--vae", str(models / "vae.safetensors"), "--text-encoder", str(models / "umt5.safetensors"),
             "--text-encoder-config", str(SUPPORT / "test_nodes_pack" / "tiny_umt5_config.json"),
-            "--dit-dtype", "fp32", "--steps", "1", "--width", "64", "--height", "64", "--log-level", "WARNING", *extra]
+            "--steps", "1", "--width", "64", "--height", "64", "--log-level", "WARNING", *extra]
 
 
 def test_generate_refuses_before_loading_models(tmp_path, caplog):
@@ -403,8 +427,12 @@ def test_generate_refuses_before_loading_models(tmp_path, caplog):
     assert main(args) == 2
     assert "input 'keyframes': shot(s) 1 are locked but no earlier storyboard was given." in caplog.text
     assert main([*args, "--keyframes", str(tmp_path / "empty")]) == 2
-    assert "shot 1 is locked but" in caplog.text and "1.png does not exist" in caplog.text
+    assert "empty lacks 1.png, 2.png, 3.png, 4.png: the earlier storyboard is taken whole" in caplog.text
     write_png(tmp_path / "kept" / "1.png", pixels(8, 8, 0))
+    assert main([*args, "--keyframes", str(tmp_path / "kept")]) == 2      # as Shot Sequence Pack: one per shot
+    assert "kept lacks 2.png, 3.png, 4.png" in caplog.text
+    for j in range(1, 4):
+        write_png(tmp_path / "kept" / f"{j + 1}.png", pixels(8, 8, j))
     assert main([*args, "--mode", "reference_to_shot", "--keyframes", str(tmp_path / "kept")]) == 2
     assert "reference_to_shot generates every shot, but 1 shot(s) carry an image" in caplog.text
     with pytest.raises(SystemExit):
@@ -439,23 +467,25 @@ def test_locked_shots_are_kept_and_skipped_passes_serve_as_context(tiny_wan_mode
     (what main does after loading the models, on the session's tiny models)."""
     from types import SimpleNamespace
 
-    from dreamshot.generate.__main__ import run_settings, with_locked_keyframes
+    from dreamshot.generate.__main__ import earlier_keyframes, run_settings
     from dreamshot.generate.runner import generate_storyboard
     from dreamshot.story import plan_story
 
     earlier = tmp_path / "earlier"
-    for j in range(2):
+    for j in range(3):
         write_png(earlier / f"{j + 1}.png", pixels(64, 64, 20 + j))
     (tmp_path / "s.yaml").write_text("shots:\n  - {prompt: a, lock: true}\n  - {prompt: b, lock: true}\n"
                                      "  - {prompt: c}\nsettings: {negative_prompt: ''}\n", encoding="utf-8")
-    story = with_locked_keyframes(read_story(tmp_path / "s.yaml"), str(earlier))
+    story = read_story(tmp_path / "s.yaml")
+    keyframes = earlier_keyframes(story, str(earlier))
     flags = dict.fromkeys(["width", "height", "steps", "cfg", "ref_cfg", "seed", "chunk_size", "context_shots",
                            "negative_prompt", "distill_lora"])
     args = SimpleNamespace(**{**flags, "width": 64, "height": 64, "steps": 1, "chunk_size": 2, "context_shots": 1,
                               "shift": 1.0, "sampler": "euler", "scheduler": "simple"})
     settings = run_settings(story, args)
     assert story.default_mode() is Mode.EDIT and settings.negative_prompt == ""
-    plan = plan_story(story.characters, story.shots, 64, 64, mode=story.default_mode())
+    plan = plan_story(story.characters, story.shots, 64, 64, mode=story.default_mode(), keyframes=keyframes,
+                      lock_shots=story.locked)
     chunks = []
     out = tmp_path / "again"
     result = generate_storyboard(plan, "", tiny_wan_model, tiny_vae, tiny_clip, settings, out, pdf=False,

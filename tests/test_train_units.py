@@ -11,7 +11,8 @@ import torch
 
 from dreamshot.attention import NO_TEXT
 from dreamshot.train import checkpoint as ckpt
-from dreamshot.train.cache import CachedSequence, build_sample, feasible_modes, trim_text
+from dreamshot.train.cache import CachedSequence, build_sample, feasible_modes
+from dreamshot.train.cache_tensors import trim_text
 from dreamshot.train.config import ConfigError, TrainConfig, dump_toml, load_config, parse_override
 from dreamshot.train.dataset import DatasetError, read_manifest
 from dreamshot.train.objective import (choose_mode, denoise_mask, flow_matching_loss, noise_frames,

@@ -32,6 +32,7 @@ from ..preview import shot_grid
 from ..seeds import shot_seeds, story_noise, variant_seed
 from ..story import Character, Shot, StorySequence, fold_chunk_text, plan_story, unfold_story
 from ..text_fold import context_segments
+from .role_patch import CONFIG_KEY as ROLE_CONFIG_KEY
 from .wan_patches import NO_REFS_KEY, patch_for_story
 
 log = logging.getLogger("DreamShot")
@@ -246,6 +247,30 @@ def chunk_sequence(sequence: StorySequence, context: list[int], targets: list[in
     return chunk if sequence.positive_zero_rows is not None else unfold_story(chunk)
 
 
+def unused_story_fields(model, plan, cfg: float) -> list[str]:
+    """What of the story this model, mode and cfg do not read, each as a sentence saying how to use it:
+    a story field is never dropped silently (the graph and python -m dreamshot.generate alike)."""
+    unused = []
+    if not plan.mode.uses_references and plan.characters:
+        unused.append(f"mode {plan.mode.value} packs no references, so the characters "
+                      f"({', '.join(c.name for c in plan.characters)}) are only names in the prompts; use "
+                      "reference_to_shot or edit to show them")
+    if model.model_options.get("transformer_options", {}).get(ROLE_CONFIG_KEY) is None:
+        regioned = [str(j + 1) for j, regions in enumerate(plan.shot_regions) if regions]
+        masked = list(dict.fromkeys(plan.characters[c].name for c, mask in zip(plan.layout.ref_characters,
+                                                                                  plan.ref_masks) if mask is not None))
+        parts = ([f"the boxes/masks of shot(s) {', '.join(regioned)}"] if regioned else []) + \
+                ([f"the reference mask(s) of {', '.join(masked)}"] if masked else [])
+        if parts:
+            unused.append(f"{' and '.join(parts)} are read only by the RACL Attention Patch, which this model does "
+                          "not have; add the patch (python -m dreamshot.generate: --racl or settings.racl)")
+    own_negative = [str(j + 1) for j, shot in enumerate(plan.shots) if shot.negative_prompt.strip()]
+    if math.isclose(cfg, 1.0) and own_negative:
+        unused.append(f"cfg 1 runs no negative pass, so the negative prompt of shot(s) {', '.join(own_negative)} has "
+                      "no effect; raise cfg to use it")
+    return unused
+
+
 def sample_long_story(model, sequence, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str,
                       ref_cfg: float = 1.0, chunk_size: int = 0, context_shots: int = 0,
                       on_chunk=None, done: dict[int, torch.Tensor] | None = None,
@@ -269,6 +294,8 @@ def sample_long_story(model, sequence, seed: int, steps: int, cfg: float, sample
     if variants < 1:
         raise DreamShotInputError("variants", f"variants must be at least 1, got {variants}.", "use 1 or more.")
     plan, lay = sequence.plan, sequence.layout
+    for sentence in unused_story_fields(model, plan, cfg):
+        log.warning("DreamShot: %s.", sentence)
     chunks = plan_chunks(lay.num_shots, chunk_size, context_shots)
     kept = {j: plan.shot_images[j] for j, clean in enumerate(lay.clean_shots) if clean}
     given = {**kept, **(done or {})}

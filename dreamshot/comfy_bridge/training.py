@@ -1,8 +1,7 @@
 """ComfyUI-side glue for ``python -m dreamshot.train``: the trainer runs on ComfyUI's own Wan code.
 
-- ``import_comfy``: headless import of the user's ComfyUI (``$COMFYUI_PATH``, the ComfyUI that
-  contains this pack, or ``~/ComfyUI``), CPU-only when there is no CUDA. Call it before
-  importing anything else from ``comfy_bridge`` (those modules import ``comfy`` at import time).
+- ComfyUI is imported by ``comfy_bridge.headless.import_comfy`` (the one headless start-up) before
+  anything else from ``comfy_bridge`` (those modules import ``comfy`` at import time).
 - ``load_dit`` / ``load_vae`` / ``load_text_encoder``: ComfyUI's loaders (comfy.sd), so the
   trained weights are exactly the weights LoadDreamShotModel later patches.
 - ``TrainableAdapters``: LoRA (and optional full-block deltas) attached to a ModelPatcher clone
@@ -22,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Sequence
@@ -36,22 +34,6 @@ from .text_encode import encode_text  # noqa: F401  (re-exported: the trainer's 
 log = logging.getLogger("DreamShot")
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
-
-def import_comfy(comfyui_path: str | os.PathLike | None = None) -> Path:
-    """Import ComfyUI headless (idempotent); returns its root. Raises RuntimeError when absent."""
-    from . import headless
-
-    if comfyui_path:
-        root = Path(comfyui_path).expanduser()
-        if not ((root / "main.py").is_file() and (root / "comfy").is_dir()):
-            raise RuntimeError(f"model.comfyui_path = {str(root)!r} is not a ComfyUI folder (no main.py / comfy/).")
-        os.environ["COMFYUI_PATH"] = str(root)
-    try:
-        return headless.import_comfy()
-    except RuntimeError as e:
-        raise RuntimeError(f"{e} The trainer runs ComfyUI's own Wan code, so it needs a ComfyUI checkout "
-                           "(set model.comfyui_path in the config, or COMFYUI_PATH).") from None
 
 
 # -- loading --------------------------------------------------------------------------------------

@@ -1,21 +1,27 @@
 """``python -m dreamshot.generate``: a story file's storyboard, headless, with the same ComfyUI code the
 nodes run; or a ViStoryBench story imported as a story file.
 
-    python -m dreamshot.generate examples/story/lighthouse.yaml --out output/lighthouse \\
-        --dit ComfyUI/models/diffusion_models/wan2.1_t2v_14B_bf16.safetensors \\
-        --vae ComfyUI/models/vae/wan_2.1_vae.safetensors \\
-        --text-encoder ComfyUI/models/text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors \\
-        --lora ComfyUI/models/dreamshot/sft_lora_model.safetensors \\
-        --lora ComfyUI/models/dreamshot/rl_lora_model.safetensors
+Run from this pack's folder (ComfyUI/custom_nodes/ComfyUI-DreamShot), where ``dreamshot`` imports and
+the ComfyUI around it is found; model paths are then under ../../models:
+
+    python -m dreamshot.generate examples/story/lighthouse.yaml --out ../../output/lighthouse \\
+        --dit ../../models/diffusion_models/wan2.1_t2v_14B_fp8_e4m3fn.safetensors \\
+        --vae ../../models/vae/wan_2.1_vae.safetensors \\
+        --text-encoder ../../models/text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors \\
+        --lora ../../models/dreamshot/sft_lora_model.safetensors \\
+        --lora ../../models/dreamshot/rl_lora_model.safetensors --racl
 
     python -m dreamshot.generate --import-vistory vistory_dreamshot_ch_v1.json --story 01 \\
         --data-root VistoryBench -o stories/vistory_01.yaml
 
-Writes <out>/<N>.png (one keyframe per shot, 1-based) and <out>/storyboard_<n>_.png/.pdf. Settings:
-a flag beats the story file's ``settings``, which beat the official runner's defaults (1280x720,
-seed 42, 30 steps, cfg 3, reference cfg 2, 6 shots per pass; with --distill-lora 4 steps, cfg 1,
-reference cfg 1.5). Shots marked ``lock: true`` are taken from --keyframes (an earlier --out).
-Format and details: docs/story-files.md.
+Writes <out>/<N>.png (one keyframe per shot, 1-based; variant v > 1 in <out>/variant_<v>/) and
+<out>/storyboard_<n>_.png/.pdf. Settings: a flag beats the story file's ``settings``, which beat the
+official runner's defaults (1280x720, seed 42, 30 steps, cfg 3, reference cfg 2, 6 shots per pass;
+with --distill-lora 4 steps, cfg 1, reference cfg 1.5). The model is built as the graph builds it:
+Load Diffusion Model (--weight-dtype), Load DreamShot Model (--lora, --distill-lora), ModelSamplingSD3
+(--shift), RACL Attention Patch (--racl, settings.racl), Shot LoRA (--shot-lora, settings.shot_loras).
+Shots marked ``lock: true`` are kept from --keyframes (an earlier --out), as Shot Sequence Pack keeps
+them. Format and details: docs/story-files.md.
 """
 
 from __future__ import annotations
@@ -24,7 +30,6 @@ import argparse
 import json
 import logging
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 log = logging.getLogger("DreamShot.generate")
@@ -39,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("story", nargs="?", help="the story file (.yaml, .yml or .json)")
     ap.add_argument("--out", help="output folder: <out>/<N>.png and <out>/storyboard_<n>_.png/.pdf")
-    add_model_arguments(ap, required=False)
+    add_model_arguments(ap, required=False, dit_dtype_help="DEPRECATED (kept for saved commands): force the DiT's "
+                        "dtype, which no Load Diffusion Model choice does; use --weight-dtype")
     run = ap.add_argument_group("settings (each overrides the story file's settings)")
     run.add_argument("--width", type=int, help="multiple of 16 (default 1280)")
     run.add_argument("--height", type=int, help="multiple of 16 (default 720)")
@@ -53,8 +59,25 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--chunk-size", type=int, help="shots per pass (default 6; 0 = all in one pass)")
     run.add_argument("--context-shots", type=int, help="earlier shots given clean to each later pass (default 0)")
     run.add_argument("--negative-prompt", help="for shots without their own (default: the official runner's)")
-    ap.add_argument("--keyframes", help="folder with an earlier run's <N>.png: the shots marked 'lock: true' are "
-                    "kept from it")
+    run.add_argument("--variants", type=int, help="storyboards of seed, seed + 1, ... (DreamShot Sampler's variants; "
+                     "default 1)")
+    racl = ap.add_argument_group("RACL Attention Patch (each overrides settings.racl; a --racl-* flag turns it on)")
+    racl.add_argument("--racl", action=argparse.BooleanOptionalAction, default=None,
+                      help="role attention: a shot character reads identity only from its own reference")
+    racl.add_argument("--racl-strength", type=float, help="0..1 (default 1)")
+    racl.add_argument("--racl-start", type=float, dest="racl_start_percent", help="start percent (default 0)")
+    racl.add_argument("--racl-end", type=float, dest="racl_end_percent", help="end percent (default 1)")
+    racl.add_argument("--racl-layers", help='"all" (default) or DiT blocks like "0-9, 20"')
+    racl.add_argument("--racl-auto-regions", action=argparse.BooleanOptionalAction, default=None,
+                      help="regions from the attention for shots without boxes/masks (default on)")
+    lora = ap.add_argument_group("Shot LoRAs (replace settings.shot_loras)")
+    lora.add_argument("--shot-lora", action="append", nargs="+", metavar=("LORA", "KEY=VALUE"),
+                      help="a LoRA on chosen shots only, as the Shot LoRA node: LORA is a file in ComfyUI's "
+                           "models/loras or a path, then strength=1, shots=\"2, 4-5\" or all, character=NAME, "
+                           "include_references=true; repeat for several, in chain order")
+    lora.add_argument("--no-shot-loras", action="store_true", help="ignore the story file's shot_loras")
+    ap.add_argument("--keyframes", help="folder with an earlier run's <N>.png (the whole storyboard): the shots marked "
+                    "'lock: true' are kept from it")
     ap.add_argument("--input-dir", help="folder the story's images must stay inside (default: the story file's "
                     "folder)")
     ap.add_argument("--overwrite", action="store_true", help="replace keyframes <N>.png already in --out")
@@ -87,30 +110,121 @@ def run_settings(story, args):
         target_frame=pick(args.chunk_size, file.chunk_size, base.target_frame),
         context_frame=pick(args.context_shots, file.context_shots, base.context_frame),
         sampler=args.sampler, scheduler=args.scheduler,
-        negative_prompt=pick(args.negative_prompt, file.negative_prompt, base.negative_prompt))
+        negative_prompt=pick(args.negative_prompt, file.negative_prompt, base.negative_prompt),
+        variants=pick(getattr(args, "variants", None), file.variants, base.variants))
 
 
-def with_locked_keyframes(story, keyframes: str | None):
-    """The story with each locked shot's image read from ``keyframes``/<N>.png."""
+RACL_FLAGS = {"strength": "--racl-strength", "start_percent": "--racl-start", "end_percent": "--racl-end",
+              "layers": "--racl-layers", "auto_regions": "--racl-auto-regions"}
+
+
+def racl_settings(story, args):
+    """The RACL Attention Patch of this run (story_file.RaclSettings), or None when it is off: the flags,
+    then the story file's ``racl``; a --racl-* flag turns it on unless --no-racl is given."""
+    from ..errors import DreamShotInputError
+    from ..story_file import RaclSettings, parse_racl
+    from ..field_checks import FieldChecker
+
+    given = {key: getattr(args, f"racl_{key}") for key in RACL_FLAGS if getattr(args, f"racl_{key}") is not None}
+    if args.racl is False:
+        if given:
+            raise DreamShotInputError("racl", f"--no-racl with {', '.join(RACL_FLAGS[k] for k in given)}.",
+                                      "leave out --no-racl or the --racl-* flags.")
+        return None
+    base = story.settings.racl
+    if not (args.racl or given or (base is not None and base.enabled)):
+        return None
+    base = base if base is not None and base.enabled else RaclSettings()
+    merged = {key: given.get(key, getattr(base, key)) for key in RACL_FLAGS}
+    chk = FieldChecker("flags", Path("."), False)
+    settings = parse_racl(chk, "racl", merged)
+    if chk.problems:
+        raise DreamShotInputError("racl", "; ".join(chk.problems) + ".",
+                                  "strength, start and end are 0..1 with start <= end; layers \"all\" or \"0-9, 20\".")
+    return settings
+
+
+def _flag_value(key: str, value: str):
+    if key == "strength":
+        return float(value)
+    if key == "include_references":
+        if value.lower() not in ("true", "false", "yes", "no", "1", "0"):
+            raise ValueError(f"include_references={value!r}: use true or false")
+        return value.lower() in ("true", "yes", "1")
+    return value
+
+
+def shot_lora_settings(story, args) -> list:
+    """[(story_file.ShotLoraSettings, path or None), ...]: --shot-lora flags (replacing the file's list),
+    else the story file's shot_loras (unless --no-shot-loras). A path is given for a --shot-lora naming
+    a file; None: the name is a file in ComfyUI's models/loras, resolved once ComfyUI is imported."""
+    from ..errors import DreamShotInputError
+    from ..field_checks import FieldChecker
+    from ..story_file import StorySettings, check_shot_lora_scopes, parse_shot_lora
+
+    if not args.shot_lora:
+        return [] if args.no_shot_loras else [(lora, None) for lora in story.settings.shot_loras or ()]
+    if args.no_shot_loras:
+        raise DreamShotInputError("shot-lora", "--shot-lora with --no-shot-loras.", "leave out one of them.")
+    out = []
+    chk = FieldChecker("flags", Path("."), False)
+    for i, (lora, *pairs) in enumerate(args.shot_lora):
+        raw: dict = {}
+        for pair in pairs:
+            key, eq, value = pair.partition("=")
+            key = {"references": "include_references"}.get(key.strip(), key.strip())
+            try:
+                if not eq:
+                    raise ValueError(f"{pair!r} is not KEY=VALUE")
+                raw[key] = _flag_value(key, value.strip())
+            except ValueError as e:
+                raise DreamShotInputError("shot-lora", f"--shot-lora {lora} ...: {e}.",
+                                          'write e.g. --shot-lora ink.safetensors strength=0.8 shots="2, 4-5".') from None
+        path = Path(lora).expanduser()
+        raw["lora"] = path.name if path.is_file() else lora
+        settings = parse_shot_lora(chk, f"--shot-lora[{i}]", raw)
+        if settings is not None:
+            out.append((settings, str(path) if path.is_file() else None))
+    if not chk.problems:
+        check_shot_lora_scopes(chk, StorySettings(shot_loras=tuple(s for s, _ in out)),
+                               [s.characters for s in story.shots], field="--shot-lora")
+    if chk.problems:
+        raise DreamShotInputError("shot-lora", "; ".join(p.removeprefix("flags: ") for p in chk.problems) + ".",
+                                  "LORA is a file in models/loras or a path; keys strength, shots, character, "
+                                  "include_references.")
+    return out
+
+
+def earlier_keyframes(story, keyframes: str | None):
+    """The earlier storyboard for the locked shots, as Shot Sequence Pack's ``keyframes`` input takes it:
+    [S, H, W, 3], one image per shot, read from ``keyframes``/<N>.png; None when no shot is locked."""
+    import torch
+
     from ..errors import DreamShotInputError
     from ..images import load_image
 
     if not story.locked:
         if keyframes:
             log.warning("--keyframes is ignored: no shot of the story is marked 'lock: true'")
-        return story
+        return None
     if not keyframes:
         raise DreamShotInputError("keyframes", f"shot(s) {story.lock_text} are locked but no earlier storyboard "
                                   "was given.", "pass --keyframes with the --out folder of the run that made them, "
                                   "or remove 'lock: true' from those shots.")
-    shots = list(story.shots)
-    for j in story.locked:
-        path = Path(keyframes) / f"{j + 1}.png"
-        if not path.is_file():
-            raise DreamShotInputError("keyframes", f"shot {j + 1} is locked but {path} does not exist.",
-                                      "point --keyframes at the --out folder of the earlier run, or unlock the shot.")
-        shots[j] = replace(shots[j], image=load_image(path))
-    return replace(story, shots=tuple(shots))
+    paths = [Path(keyframes) / f"{j + 1}.png" for j in range(len(story.shots))]
+    missing = [p.name for p in paths if not p.is_file()]
+    if missing:
+        raise DreamShotInputError("keyframes", f"shot(s) {story.lock_text} are locked but {keyframes} lacks "
+                                  f"{', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}: the earlier "
+                                  "storyboard is taken whole, one keyframe per shot (as Shot Sequence Pack's "
+                                  "keyframes).", "point --keyframes at the --out folder of the earlier run, or "
+                                  "unlock the shots.")
+    images = [load_image(p) for p in paths]
+    sizes = {tuple(im.shape[:2]) for im in images}
+    if len(sizes) > 1:
+        raise DreamShotInputError("keyframes", f"the keyframes in {keyframes} differ in size ({sorted(sizes)}).",
+                                  "use the folder of one earlier run.")
+    return torch.stack(images)
 
 
 def import_vistory(args) -> int:
@@ -150,45 +264,60 @@ def main(argv: list[str] | None = None, on_chunk=None) -> int:
     from ..errors import DreamShotInputError
     from ..modes import Mode
     from ..story import plan_story
-    from ..story_file import read_story
+    from ..story_file import MAX_VARIANTS, read_story
     from ..vistory.runner import text_encoder_config
+    from .runner import keyframe_paths
 
     out = Path(args.out)
     try:
         story = read_story(args.story, args.input_dir)
         settings = run_settings(story, args)
+        if not 1 <= settings.variants <= MAX_VARIANTS:
+            raise DreamShotInputError("variants", f"{settings.variants} variants.", f"use 1 to {MAX_VARIANTS}.")
         mode = Mode(args.mode) if args.mode else story.default_mode()
-        existing = [f"{j + 1}.png" for j in range(len(story.shots)) if (out / f"{j + 1}.png").exists()]
+        existing = [str(path.relative_to(out)) for path in keyframe_paths(out, len(story.shots), settings.variants)
+                    if path.exists()]
         if existing and not args.overwrite:
             raise DreamShotInputError("out", f"{out} already holds keyframes ({', '.join(existing[:4])}"
                                       f"{', ...' if len(existing) > 4 else ''}).",
                                       "pick another --out (lock shots with --keyframes <that folder>), or pass "
                                       "--overwrite.")
-        story = with_locked_keyframes(story, args.keyframes)
-        # Everything that needs no model is checked before the models load.
+        keyframes = earlier_keyframes(story, args.keyframes)
+        racl = racl_settings(story, args)
+        shot_loras = shot_lora_settings(story, args)
+        # Everything that needs no model is checked before the models load. The plan is Shot Sequence
+        # Pack's (repeat 4, fit pad_white, the earlier storyboard on keyframes with the locked shots).
         plan = plan_story(story.characters, story.shots, settings.width, settings.height, mode=mode,
-                          fit="pad_white", max_latent_frames=settings.max_latent_frames, check_budget=False)
+                          keyframes=keyframes, lock_shots=story.locked, fit="pad_white",
+                          max_latent_frames=settings.max_latent_frames, check_budget=False)
         te_config = text_encoder_config(args)
     except (DreamShotInputError, OSError, json.JSONDecodeError) as e:
         log.error("%s", e)
         return 2
     from ..comfy_bridge.headless import import_comfy_for_cli
 
-    if not import_comfy_for_cli(args.comfyui, log):
+    if not import_comfy_for_cli(args, log):
         return 2
+    from ..comfy_bridge.loaders import WEIGHT_DTYPES
     from ..vistory.runner import load_models, model_loras
-    from .runner import generate_storyboard
+    from .runner import generate_storyboard, storyboard_model
 
     try:
+        if args.dit_dtype:
+            log.warning("--dit-dtype is deprecated: it forces the DiT to %s, which no Load Diffusion Model choice "
+                        "does; use --weight-dtype (%s) to load it as the graph does.", args.dit_dtype,
+                        ", ".join(WEIGHT_DTYPES))
         model, vae, clip = load_models(args.dit, args.vae, args.text_encoder, model_loras(args), settings.shift,
-                                       args.dit_dtype, te_config)
+                                       args.weight_dtype or "default", te_config, dit_dtype=args.dit_dtype)
+        model = storyboard_model(model, racl, shot_loras)
     except (DreamShotInputError, FileNotFoundError) as e:
         log.error("%s", e)
         return 2
-    log.info("%s: %d shot(s), %d character(s), %s, %dx%d, %d steps, cfg %.2f, ref_cfg %.2f, seed %d, %d shots per "
-             "pass, %d context shots", args.story, len(story.shots), len(story.characters), mode.value, settings.width,
-             settings.height, settings.steps, settings.cfg, settings.ref_cfg, settings.seed, settings.target_frame,
-             settings.context_frame)
+    log.info("%s: %d shot(s), %d character(s), %s, %dx%d, %d steps, cfg %.2f, ref_cfg %.2f, seed %d, %d variant(s), "
+             "%d shots per pass, %d context shots, RACL %s, %d Shot LoRA(s)", args.story, len(story.shots),
+             len(story.characters), mode.value, settings.width, settings.height, settings.steps, settings.cfg,
+             settings.ref_cfg, settings.seed, settings.variants, settings.target_frame, settings.context_frame,
+             "on" if racl else "off", len(shot_loras))
     try:
         result = generate_storyboard(plan, story.title, model, vae, clip, settings, out, pdf=not args.no_pdf,
                                      on_chunk=on_chunk)

@@ -103,7 +103,7 @@ def text_encoder(clip, length: int, strict: bool = True):
     longer caption is an error (``strict``) or kept whole (what the trainer does: its segment is
     max(text_min_length, longest caption))."""
     from ..comfy_bridge import training as bridge
-    from ..train.cache import trim_text
+    from ..train.cache_tensors import trim_text
 
     memo: dict[str, torch.Tensor] = {}
 
@@ -124,7 +124,7 @@ def held_out(p: Paths, s: ProofSettings) -> list[ds.StorySpec]:
 
 def build_assets(p: Paths, s: ProofSettings) -> dict:
     """Datasets, models and caches; returns timings (s)."""
-    from ..comfy_bridge.training import import_comfy
+    from ..comfy_bridge.headless import import_comfy
 
     import_comfy()
     timings = {}

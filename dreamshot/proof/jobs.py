@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     s = ProofSettings.from_json(json.loads(p.settings.read_text()))
     torch.set_num_threads(s.threads)
     torch.manual_seed(s.data_seed)
-    from ..comfy_bridge.training import import_comfy
+    from ..comfy_bridge.headless import import_comfy
 
     # every job samples or trains through ComfyUI, also when its training was already finished
     import_comfy()

@@ -42,8 +42,10 @@ from ..images import fit_image, fit_mask, load_image, load_mask
 from ..layout import PIXEL_MULTIPLE, StoryLayout
 from ..roles import pixel_mask_to_tokens
 from ..atomic import atomic_save_safetensors, atomic_write_json
+from .cache_tensors import CACHE_DTYPES, trim_text
 from .config import TrainConfig
 from .dataset import SequenceEntry, file_digest, read_manifest
+from .video import encode_video
 
 log = logging.getLogger("DreamShot")
 
@@ -51,7 +53,6 @@ CACHE_FORMAT = 1
 INDEX = "index.json"
 EMPTY_PROMPT = "empty_prompt.safetensors"
 META_KEY = "dreamshot.sequence"
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def _file_id(path: str) -> dict:
@@ -75,14 +76,6 @@ def _fingerprint(settings: dict, seq: SequenceEntry, root: Path) -> str:
     return h.hexdigest()
 
 
-def trim_text(cond: torch.Tensor) -> torch.Tensor:
-    """[1, L, C] or [L, C] -> [L', C] without the trailing all-zero rows (at least one row kept)."""
-    t = cond[0] if cond.ndim == 3 else cond
-    nonzero = torch.nonzero(t.abs().sum(dim=-1) > 0).flatten()
-    last = int(nonzero[-1]) + 1 if nonzero.numel() else 1
-    return t[:last].contiguous()
-
-
 def _token_mask(mask: torch.Tensor, cfg: TrainConfig, fit: str) -> torch.Tensor:
     d = cfg.data
     fitted = fit_mask(mask, d.width, d.height, fit)
@@ -95,11 +88,9 @@ def encode_sequence(seq: SequenceEntry, root: Path, vae, encode_text, cfg: Train
     from ..packing import encode_references, shot_video
 
     if seq.is_video:
-        from .video import encode_video
-
         return encode_video(seq, root, vae, encode_text, cfg)
     d = cfg.data
-    dt = _DTYPES[d.cache_dtype]
+    dt = CACHE_DTYPES[d.cache_dtype]
     shots = seq.shots[:d.max_shots]
     shot_imgs = [fit_image(load_image(root / s.image, f"{seq.id}: {s.image}"), d.width, d.height, d.shot_fit, f"{seq.id}: {s.image}")
                  for s in shots]
@@ -153,9 +144,9 @@ def run_cache(cfg: TrainConfig) -> dict:
     cfg.validate(need=("model.vae", "model.text_encoder", "data.dataset", "data.cache_dir"))
     root = Path(cfg.data.dataset)
     sequences = read_manifest(root)
-    from ..comfy_bridge.training import import_comfy
+    from ..comfy_bridge.headless import import_comfy
 
-    import_comfy(cfg.model.comfyui_path or None)
+    import_comfy(cfg.model.comfyui_path or None, path_option="model.comfyui_path")
     from ..comfy_bridge import training as bridge
 
     cache = Path(cfg.data.cache_dir)
@@ -175,7 +166,7 @@ def run_cache(cfg: TrainConfig) -> dict:
     if todo or not (cache / EMPTY_PROMPT).exists():
         clip = bridge.load_text_encoder(cfg.model.text_encoder, cfg.model.text_encoder_config or None)
         atomic_save_safetensors(cache / EMPTY_PROMPT, {"text": trim_text(bridge.encode_text(clip, "")).to(
-            _DTYPES[cfg.data.cache_dtype])}, {"dreamshot.settings": json.dumps(settings, sort_keys=True)})
+            CACHE_DTYPES[cfg.data.cache_dtype])}, {"dreamshot.settings": json.dumps(settings, sort_keys=True)})
     if todo:
         vae = bridge.load_vae(cfg.model.vae)
     from tqdm import tqdm

@@ -98,9 +98,9 @@ class Trainer:
     # -- hooks ------------------------------------------------------------------------------------
     def load_models(self) -> None:
         """ComfyUI headless, the DiT through comfy.sd, LoRA/deltas, the DreamShot story patches."""
-        from ..comfy_bridge.training import import_comfy
+        from ..comfy_bridge.headless import import_comfy
 
-        import_comfy(self.cfg.model.comfyui_path or None)
+        import_comfy(self.cfg.model.comfyui_path or None, path_option="model.comfyui_path")
         from ..comfy_bridge import training as bridge
 
         c = self.cfg

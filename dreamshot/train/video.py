@@ -14,15 +14,14 @@ from pathlib import Path
 import torch
 
 from ..images import fit_image, load_image
+from .cache_tensors import CACHE_DTYPES, trim_text
 from .dataset import SequenceEntry
 
 
 def encode_video(seq: SequenceEntry, root: Path, vae, encode_text, cfg) -> tuple[dict, dict]:
     """(tensors, metadata) of a video record, in the layout ``CacheReader.load`` reads."""
-    from .cache import _DTYPES, trim_text
-
     d = cfg.data
-    dt = _DTYPES[d.cache_dtype]
+    dt = CACHE_DTYPES[d.cache_dtype]
     clip = seq.shots[0]
     frames = [fit_image(load_image(root / f, f"{seq.id}: {f}"), d.width, d.height, d.shot_fit, f"{seq.id}: {f}") for f in clip.frames]
     latent_frames = 1 + (len(frames) - 1) // 4

@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--stories", required=True, help="the ViStoryBench JSON (vistory_dreamshot_ch_v1.json)")
     ap.add_argument("--data-root", required=True, help="folder the JSON's fg_url_list paths are relative to")
     ap.add_argument("--out", required=True, help="output folder: <out>/<story>/<N>.png")
-    add_model_arguments(ap)
+    add_model_arguments(ap, dit_dtype_help="force the DiT's dtype (default bf16, as the official runner, unless "
+                        "--weight-dtype is given)")
     ap.add_argument("--resolution", type=int, choices=(720, 480, 360), default=720)
     ap.add_argument("--width", type=int, help="override the resolution's width (multiple of 16)")
     ap.add_argument("--height", type=int, help="override the resolution's height (multiple of 16)")
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None, on_chunk=None) -> int:
         torch.cuda.set_device(device)     # before ComfyUI picks its device
     from ..comfy_bridge.headless import import_comfy_for_cli
 
-    if not import_comfy_for_cli(args.comfyui, log):
+    if not import_comfy_for_cli(args, log):
         return 2
     from tqdm import tqdm
 
@@ -111,8 +112,10 @@ def main(argv: list[str] | None = None, on_chunk=None) -> int:
 
     loras = model_loras(args)
     try:
-        model, vae, clip = load_models(args.dit, args.vae, args.text_encoder, loras, settings.shift, args.dit_dtype,
-                                       te_config)
+        # The official runner's bf16 unless a dtype is asked for.
+        dit_dtype = args.dit_dtype or (None if args.weight_dtype else "bf16")
+        model, vae, clip = load_models(args.dit, args.vae, args.text_encoder, loras, settings.shift,
+                                       args.weight_dtype or "default", te_config, dit_dtype=dit_dtype)
     except (DreamShotInputError, FileNotFoundError) as e:
         log.error("%s", e)
         return 2

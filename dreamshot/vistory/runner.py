@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 
 from ..atomic import atomic_write
+from ..comfy_bridge.loaders import FORCED_DTYPES, WEIGHT_DTYPES
 from .stories import VistoryStory, load_image, story_cast
 
 log = logging.getLogger("DreamShot.vistory")
@@ -53,6 +54,7 @@ class RunSettings:
     with_references: bool = True          # shot_mode ref2shot (else text2shot)
     negative_prompt: str = OFFICIAL_NEGATIVE
     max_latent_frames: int = 21
+    variants: int = 1                     # storyboards of seed, seed + 1, ... (DreamShot Sampler's variants)
 
 
 def official_sampling(distill: bool) -> tuple[int, float, float]:
@@ -60,9 +62,13 @@ def official_sampling(distill: bool) -> tuple[int, float, float]:
     return (4, 1.0, 1.5) if distill else (30, 3.0, 2.0)
 
 
-def add_model_arguments(ap, required: bool = True) -> None:
+def add_model_arguments(ap, required: bool = True, dit_dtype_help: str = "") -> None:
     """The model files and loading options shared by the headless generators (dreamshot.vistory,
-    dreamshot.generate)."""
+    dreamshot.generate), and ComfyUI's own options (comfy_bridge.headless.add_comfy_arguments).
+    ``dit_dtype_help``: what --dit-dtype means to the tool (deprecated in generate, the official
+    runner's bf16 in vistory)."""
+    from ..comfy_bridge.headless import add_comfy_arguments
+
     ap.add_argument("--dit", required=required, help="Wan2.1 T2V diffusion model (.safetensors, ComfyUI format)")
     ap.add_argument("--vae", required=required, help="wan_2.1_vae.safetensors")
     ap.add_argument("--text-encoder", required=required, help="umt5_xxl (ComfyUI format)")
@@ -72,10 +78,14 @@ def add_model_arguments(ap, required: bool = True) -> None:
     ap.add_argument("--shift", type=float, default=1.0, help="sigma shift (official: 1.0)")
     ap.add_argument("--sampler", default="euler")
     ap.add_argument("--scheduler", default="simple")
-    ap.add_argument("--dit-dtype", choices=("bf16", "fp16", "fp32"), default="bf16")
+    dtype = ap.add_mutually_exclusive_group()
+    dtype.add_argument("--weight-dtype", choices=WEIGHT_DTYPES,
+                       help="as Load Diffusion Model's (UNETLoader's) weight_dtype: default lets ComfyUI choose from "
+                            "the file and the GPU (an fp8 file stays fp8), fp8_* store the weights in fp8")
+    dtype.add_argument("--dit-dtype", choices=tuple(FORCED_DTYPES), help=dit_dtype_help or "force the DiT's dtype")
     ap.add_argument("--text-encoder-config", help="JSON overriding UMT5 config keys (tiny test encoders only)")
-    ap.add_argument("--comfyui", help="ComfyUI folder (default: $COMFYUI_PATH, the enclosing ComfyUI, ~/ComfyUI)")
     ap.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    add_comfy_arguments(ap)
 
 
 def model_loras(args) -> list[tuple[str, float]]:
@@ -89,14 +99,17 @@ def text_encoder_config(args) -> dict | None:
 
 
 def load_models(dit: str, vae: str, text_encoder: str, loras: list[tuple[str, float]], shift: float,
-                dit_dtype: str = "bf16", text_encoder_config: dict | None = None):
-    """(model, vae, clip) through ComfyUI's loaders; LoRAs stacked in order; shift as ModelSamplingSD3."""
+                weight_dtype: str = "default", text_encoder_config: dict | None = None, dit_dtype: str | None = None):
+    """(model, vae, clip) as a graph loads them: the DiT as UNETLoader does (``weight_dtype``; ``dit_dtype``
+    forces bf16/fp16/fp32 instead, deprecated), LoRAs stacked in order as Load DreamShot Model applies
+    them, the shift as ModelSamplingSD3, the VAE and UMT5 through comfy.sd as VAELoader / CLIPLoader."""
     from comfy_extras.nodes_model_advanced import ModelSamplingSD3
 
+    from ..comfy_bridge.loaders import load_diffusion_model
     from ..comfy_bridge.lora import apply_lora
-    from ..comfy_bridge.training import load_dit, load_text_encoder, load_vae
+    from ..comfy_bridge.training import load_text_encoder, load_vae
 
-    model = load_dit(dit, dit_dtype)
+    model = load_diffusion_model(dit, weight_dtype, dit_dtype)
     for path, strength in loras:
         model = apply_lora(model, path, strength, Path(path).name)
     model = ModelSamplingSD3().patch(model, shift)[0]
