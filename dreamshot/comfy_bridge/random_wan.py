@@ -22,6 +22,10 @@ def fill_random(module: torch.nn.Module, seed: int, gain: float = 1.0, generate_
     parameter, whatever its device and dtype (so a float8 weight is a rounded normal sample)."""
     g = torch.Generator(device=generate_on or "cpu").manual_seed(seed)
     where = {} if generate_on is None else {"device": generate_on}
+
+    def drawn(t, p):   # cast where drawn: a copy to the host then moves p's bytes, not float32's
+        return t if generate_on is None else t.to(p.dtype)
+
     with torch.no_grad():
         for name, p in module.named_parameters():
             leaf = name.rsplit(".", 1)[-1]
@@ -30,9 +34,9 @@ def fill_random(module: torch.nn.Module, seed: int, gain: float = 1.0, generate_
             elif leaf == "bias" or p.ndim == 1:
                 p.zero_()
             elif name.endswith("modulation"):  # small: blocks start near their plain path
-                p.copy_(torch.randn(p.shape, generator=g, **where) * 0.1)
+                p.copy_(drawn(torch.randn(p.shape, generator=g, **where) * 0.1, p))
             else:
-                p.copy_(torch.randn(p.shape, generator=g, **where) * gain / p[0].numel() ** 0.5)
+                p.copy_(drawn(torch.randn(p.shape, generator=g, **where) * gain / p[0].numel() ** 0.5, p))
 
 
 def random_wan_dit(dim=256, ffn_dim=512, num_layers=2, seed=0, device=None, dtype=None, fill=True):
