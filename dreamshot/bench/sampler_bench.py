@@ -122,7 +122,11 @@ def bench_variants(model, shots: int, refs: int, width: int, height: int, steps:
     rows = []
     with torch.inference_mode():
         for _ in range(warmup):
-            stock(1)()
+            try:
+                stock(1)()
+            except torch.OutOfMemoryError:   # the cases below then record their own
+                log.exception("sampler warm-up ran out of memory")
+                comfy.model_management.soft_empty_cache()
         for key in cases:
             row = {"case": key, "variant": CASES[key].format(ref_cfg=ref_cfg), "shots": shots, "refs": refs,
                    "latent_frames": latent.shape[2], "error": ""}

@@ -160,6 +160,8 @@ def bench_train(recipe: str, size: str, width: int, height: int, shots: int, ref
                   cli_command=f"python -m dreamshot.train estimate train.toml --model {size} --frames {frames} "
                               f"--refs {refs}" + "".join(f" --set {k}={_toml(v)}" for k, v in settings.items())
                               + f" --set data.width={width} --set data.height={height} --set data.max_shots={shots}")
+    if on_row is not None:
+        on_row(result)          # the estimate stands even if a step then runs out of memory
     micro = 0
     with training_mode():
         for i in range(steps):
