@@ -1,15 +1,19 @@
-"""python -m dreamshot.bench [--gpu | --quick] [--out DIR] [--steps N] [--size tiny|1.3B]
-[--skip-ops] [--skip-sampler] [--skip-attention] [--skip-dense] [--full]
+"""python -m dreamshot.bench [--gpu | --quick] [--out DIR] [--parts P,Q] [--skip-parts P,Q] [--budget-s S]
+python -m dreamshot.bench [--out DIR] [--steps N] [--size tiny|1.3B] [--skip-ops] [--skip-sampler] [--skip-attention]
+[--skip-dense] [--full]
 
-Prints ratios measured side by side in one run and writes bench.md (and bench_attention.png) to --out.
+Prints ratios measured side by side in one run and writes bench.md (and more) to --out.
 
---gpu    the GPU check (needs CUDA; a few minutes on one H100/H200): every DreamShot attention op on
-         one block at Wan2.1-14B 1280x720 and 1.3B 832x480 sizes with the SDPA kernel it ran, and stock
-         KSampler vs DreamShot Sampler (+ reference CFG 2, + RACL Attention Patch) on a random
-         1.3B-size Wan2.1 DiT at 832x480, 6 shots, 2 references.
---quick  the same cases at tiny sizes on the CPU: checks that the script runs (figures meaningless).
-default  all cases at the device's sizes (on a CPU the op memory table by shape accounting at full
-         model size, the sampler cases on a tiny DiT), plus the attention grid and keyframes vs dense.
+--gpu    the GPU check of issue 24 (needs CUDA; under 8 minutes on one H100), each part in a process
+         of its own with its own time box (dreamshot/bench/check.py): a Wan2.1-14B-size random DiT at
+         1280x720, 3 references + 6 shots, 2 steps, cfg 3, reference CFG 2: stock sampling against
+         DreamShot Sampler, + reference CFG, + RACL Attention Patch, + a Shot LoRA on two shots, in bf16
+         and fp8 weights on the whole card, and fp8 under a 24 GB cap; one training step at 832x480
+         with the 24 GB recipe under the cap and the 80 GB recipe, against `dreamshot.train estimate`;
+         every attention op at 14B/720p and 1.3B/480p with the SDPA kernel it ran.
+--quick  the same parts, processes and code on the CPU at tiny sizes (figures meaningless).
+default  the in-process cases at the device's sizes (on a CPU the op memory table by shape accounting
+         at full model size, the sampler cases on a tiny DiT), the attention grid and keyframes vs dense.
 """
 
 from __future__ import annotations
@@ -26,14 +30,27 @@ log = logging.getLogger("DreamShot")
 SAMPLER_TIME_GOAL, RACL_TIME_GOAL, SAMPLER_MEM_GOAL, OP_MEM_GOAL = 1.05, 1.15, 1.1, 1.2
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
+    from .check import DEFAULT_BUDGET_S
+    from .check_parts import PARTS
+
     ap = argparse.ArgumentParser(prog="python -m dreamshot.bench", description=__doc__.splitlines()[0])
     mode = ap.add_mutually_exclusive_group()
-    mode.add_argument("--gpu", action="store_true", help="the GPU check: real sizes, op kernels, sampler cases")
-    mode.add_argument("--quick", action="store_true", help="tiny sizes on the CPU (checks the script runs)")
+    mode.add_argument("--gpu", action="store_true", help="the GPU check (issue 24): 14B sampling and training, "
+                      "op kernels; each part in its own process and time box")
+    mode.add_argument("--quick", action="store_true", help="the GPU check's parts at tiny sizes on the CPU "
+                      "(checks that they run)")
     ap.add_argument("--out", type=Path, default=Path("bench_results"))
+    ap.add_argument("--parts", default=",".join(PARTS), help=f"the check's parts, in order (default: {','.join(PARTS)})")
+    ap.add_argument("--skip-parts", default="", help="leave these parts of the check out")
+    ap.add_argument("--budget-s", type=float, default=DEFAULT_BUDGET_S,
+                    help="the check's time budget in seconds: a part that would not fit in what is left is skipped")
+    ap.add_argument("--allocator", default="comfyui", choices=["comfyui", "native"],
+                    help="the check's CUDA allocator: comfyui = ComfyUI's choice on NVIDIA (cudaMallocAsync) for the "
+                         "sampler parts, torch's own for training and the ops, as the programs they stand for; "
+                         "native = torch's own everywhere")
     ap.add_argument("--full", action="store_true", help="the full attention grid S=4..12, K=1..4 at 12 heads (slow on CPU)")
-    ap.add_argument("--steps", type=int, default=None, help="sampling steps per case (default 4; --quick 2)")
+    ap.add_argument("--steps", type=int, default=None, help="sampling steps per case (default 4)")
     ap.add_argument("--size", default=None, help="DiT size for the sampler cases: tiny (CPU default) or 1.3B")
     ap.add_argument("--skip-ops", action="store_true", help="leave out the attention ops at model sizes")
     ap.add_argument("--skip-sampler", action="store_true")
@@ -44,30 +61,54 @@ def main(argv=None) -> None:
                          "ComfyUI's own pick (sub-quadratic on CPU)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.gpu or args.quick:
+        return _check(args, ap)
+    _in_process(args)
+    return 0
 
+
+def _check(args, ap) -> int:
+    """--gpu / --quick: the parts of check_parts.PARTS, each in its own process (check.run_check)."""
+    from .check import run_check
+    from .check_parts import PARTS
+
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    skip = {p.strip() for p in args.skip_parts.split(",") if p.strip()}
+    unknown = sorted((set(parts) | skip) - set(PARTS))
+    if unknown:
+        ap.error(f"unknown part(s) {', '.join(unknown)}; the parts are {', '.join(PARTS)}")
+    if args.gpu:
+        import torch   # only asks the driver: no CUDA context is made in this process
+
+        if not torch.cuda.is_available():
+            log.error("python -m dreamshot.bench --gpu: no CUDA device here (torch %s, built for CUDA %s). Run it on "
+                      "a machine with an NVIDIA GPU, or --quick for the same parts at tiny sizes on the CPU.",
+                      torch.__version__, torch.version.cuda or "none")
+            return 2
+    return run_check(args.out, args.quick, [p for p in parts if p not in skip], args.budget_s, args.allocator)
+
+
+def _in_process(args) -> None:
     from ..comfy_bridge.headless import import_comfy
 
-    import_comfy(cpu=True if args.quick else None, pytorch_attention=args.comfy_attention == "pytorch")
+    import_comfy(pytorch_attention=args.comfy_attention == "pytorch")
     import comfy.model_management as mm
     import torch
 
     device = mm.get_torch_device()
     gpu = device.type == "cuda"
-    if args.gpu and not gpu:
-        raise SystemExit("python -m dreamshot.bench --gpu: no CUDA device here (ComfyUI chose "
-                         f"{device}); run it on a machine with an NVIDIA GPU, or use --quick on a CPU.")
-    steps = args.steps or (2 if args.quick else 4)
+    steps = args.steps or 4
     where = torch.cuda.get_device_name(device) if gpu else "CPU"
     md = [f"# DreamShot benchmark ({where}, torch {torch.__version__})\n"]
     if not args.skip_ops:
-        md += _ops_section(device, gpu, args.quick)
+        md += _ops_section(device, gpu)
     if not args.skip_sampler:
         md += _sampler_section(args, device, gpu, steps)
     att = []
-    if not (args.skip_attention or args.gpu or args.quick):
+    if not args.skip_attention:
         att, lines = _attention_grid(args, device, gpu)
         md += lines
-    if not (args.skip_dense or args.skip_sampler or args.gpu or args.quick):
+    if not (args.skip_dense or args.skip_sampler):
         md += _dense_section(args, device, gpu, steps)
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -85,15 +126,13 @@ def main(argv=None) -> None:
     log.info("wrote %s", args.out / "bench.md")
 
 
-def _ops_section(device, gpu: bool, quick: bool) -> list[str]:
-    from .ops_bench import BATCH, MODEL_SIZES, REFS, SHOTS, bench_ops, frame_size
+def _ops_section(device, gpu: bool) -> list[str]:
+    from .ops_bench import BATCH, MODEL_SIZES, REFS, SHOTS, bench_ops
     from .report import markdown_table
 
     rows = []
     for size in MODEL_SIZES.values():
-        if quick:
-            rows += bench_ops(size, device, frame=frame_size(size, 16), repeats=1, warmup=0)
-        elif gpu:
+        if gpu:
             rows += bench_ops(size, device)
         else:
             rows += bench_ops(size, device, shape_only=True)
@@ -102,7 +141,6 @@ def _ops_section(device, gpu: bool, quick: bool) -> list[str]:
         log.info("%s %-56s extra %9.1f MiB / plain %9.1f MiB = %.3f (%s)  kernels: %s", r["model"], r["op"],
                  r["extra_mib"], r["plain_mib"], r["mem_ratio"], r["goal"], r["kernels"])
     how = ("real tensors, torch.cuda.max_memory_allocated" if gpu else
-           "real tensors at a tiny frame on the CPU (--quick: figures meaningless)" if quick else
            "shape accounting on the CPU (bench/measure.py ShapeOnly: every allocation made, no math), full size")
     return [f"## Attention ops on one block against the plain call they replace (goal: extra memory <= "
             f"{OP_MEM_GOAL} x plain)\n",
@@ -120,15 +158,16 @@ def _sampler_section(args, device, gpu: bool, steps: int) -> list[str]:
     from .report import markdown_table
     from .sampler_bench import bench_variants
 
-    size = args.size or ("1.3B" if gpu and not args.quick else "tiny")
-    w, h = (64, 64) if args.quick else (832, 480) if gpu else (416, 240)
+    size = args.size or ("1.3B" if gpu else "tiny")
+    w, h = (832, 480) if gpu else (416, 240)
     model = random_wan_dit_patcher(size)
-    rows = bench_variants(model, 6, 2, w, h, steps, device, repeats=1 if args.quick else 2,
-                          warmup=0 if args.quick else 1)
-    goals = {"DreamShot Sampler": (SAMPLER_TIME_GOAL, SAMPLER_MEM_GOAL),
-             "DreamShot Sampler + RACL Attention Patch": (RACL_TIME_GOAL, SAMPLER_MEM_GOAL)}
+    rows = bench_variants(model, 6, 2, w, h, steps, device, repeats=2, warmup=1)
+    goals = {"dreamshot": (SAMPLER_TIME_GOAL, SAMPLER_MEM_GOAL), "racl": (RACL_TIME_GOAL, SAMPLER_MEM_GOAL)}
     for r in rows:
-        time_goal, mem_goal = goals.get(r["variant"], (None, None))
+        if r["error"]:
+            log.error("sampler %s failed: %s", r["variant"], r["error"])
+            continue
+        time_goal, mem_goal = goals.get(r["case"], (None, None))
         r["goal"] = "-" if time_goal is None else \
             f"time {'ok' if r['time_ratio'] <= time_goal else 'OVER'} (<= {time_goal}), " \
             f"mem {'ok' if r['total_ratio'] <= mem_goal else 'OVER'} (<= {mem_goal})"
@@ -143,7 +182,7 @@ def _sampler_section(args, device, gpu: bool, steps: int) -> list[str]:
                 ("variant", "case", "s"), ("latent_frames", "latent frames", "d"), ("step_s", "s / step", ".3f"),
                 ("time_ratio", "time / stock", ".3f"), ("peak_mib", "peak above start MiB", ".1f"),
                 ("mem_ratio", "ratio", ".3f"), ("total_mib", "total peak MiB", ".1f"),
-                ("total_ratio", "total / stock", ".3f"), ("goal", "goal", "s")]), ""]
+                ("total_ratio", "total / stock", ".3f"), ("goal", "goal", "s"), ("error", "error", "s")]), ""]
 
 
 def _attention_grid(args, device, gpu: bool):
@@ -199,4 +238,4 @@ def _atomic_write_bytes(path: Path, write) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

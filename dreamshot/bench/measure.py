@@ -248,23 +248,37 @@ class Measurement:
     kernel_workspace_bytes: int = 0
 
 
-def measure(fn, device: torch.device, repeats: int = 3, warmup: int = 1, kernels: bool = False) -> Measurement:
+def measure(fn, device: torch.device, repeats: int = 3, warmup: int = 1, kernels: bool = False,
+            exclude_bytes: int = 0, cpu_memory: bool = True) -> Measurement:
     """Best-of-``repeats`` wall time (at least one timed call), the peak memory of one call and,
-    with ``kernels``, the SDPA kernels it ran."""
+    with ``kernels``, the SDPA kernels it ran.
+
+    On a GPU the peak is read from the timed calls themselves (the allocator's peak is reset before
+    each, so no extra call is made: at Wan2.1-14B size one call is several seconds);
+    ``exclude_bytes`` is left out of the total (memory held on purpose, e.g. a VRAM cap's ballast).
+    On a CPU one more call runs under the profiler (profile_cpu), which would distort the times
+    (``cpu_memory`` False: no such call, and no memory figure: NaN)."""
+    cuda = device.type == "cuda"
     for _ in range(warmup):
         fn()
-    best = float("inf")
+    best, peak, total = float("inf"), 0, 0
     for _ in range(max(1, repeats)):
-        if device.type == "cuda":
+        if cuda:
             torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
         t = time.perf_counter()
         fn()
-        if device.type == "cuda":
+        if cuda:
             torch.cuda.synchronize()
         best = min(best, time.perf_counter() - t)
-    if device.type == "cuda":
-        peak, total = _peaks(fn, device)
+        if cuda:
+            top = torch.cuda.max_memory_allocated()
+            peak, total = max(peak, top - base), max(total, top - exclude_bytes)
+    if cuda:
         return Measurement(best, peak, sdpa_kernels(fn) if kernels else [], total)
+    if not cpu_memory:
+        return Measurement(best, math.nan, [], math.nan)
     m = profile_cpu(fn)
     m.seconds = best
     if not kernels:

@@ -8,13 +8,17 @@ from PIL import Image, ImageDraw, ImageFont
 
 
 def markdown_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
-    """columns: (key, header, format spec)."""
+    """columns: (key, header, format spec); a missing value or NaN shows as "-" (not measured)."""
     head = "| " + " | ".join(h for _, h, _ in columns) + " |"
     sep = "|" + "|".join("---" for _ in columns) + "|"
     def cell(value, spec):  # NaN: not measured (e.g. no time under shape accounting)
-        return "-" if isinstance(value, float) and math.isnan(value) else format(value, spec)
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return "-"
+        if isinstance(value, str):   # a cell of free text (an error message) must not break the row
+            return value.replace("|", "/").replace("\n", " ")
+        return format(value, spec)
 
-    body = ["| " + " | ".join(cell(r[k], f) for k, _, f in columns) + " |" for r in rows]
+    body = ["| " + " | ".join(cell(r.get(k), f) for k, _, f in columns) + " |" for r in rows]
     return "\n".join([head, sep, *body])
 
 

@@ -1,7 +1,11 @@
 """DreamShot Sampler against ComfyUI's stock sampling, and keyframes against dense video, on one
-random Wan2.1-format DiT loaded through ComfyUI (tiny on CPU; 1.3B-size with --size on a GPU)."""
+random Wan2.1-format DiT built with ComfyUI's own classes (tiny on CPU; 1.3B-size with --size; 14B in
+the GPU check, dreamshot/bench/check.py)."""
 
 from __future__ import annotations
+
+import logging
+import math
 
 import torch
 
@@ -12,6 +16,8 @@ from .measure import measure
 TEXT_LEN = 512
 DENSE_CLIP_FRAMES = 81  # Wan2.1's clip length: 21 latent frames
 NEGATIVE_SEED = 1000
+
+log = logging.getLogger("DreamShot")
 
 
 def _prompt(seed: int) -> torch.Tensor:
@@ -42,45 +48,121 @@ def _sequence(shots: int, refs: int, width: int, height: int) -> StorySequence:
                          negative_zero_rows=text.negative_zero_rows)
 
 
+# The sampler cases, by key: (what the row is called, what runs).
+CASES = {
+    "stock": "stock KSampler",
+    "dreamshot": "DreamShot Sampler",
+    "ref_cfg": "DreamShot Sampler + reference CFG {ref_cfg:g}",
+    "racl": "DreamShot Sampler + RACL Attention Patch",
+    "shot_lora": "DreamShot Sampler + Shot LoRA on shots 1-2",
+    "full": "DreamShot Sampler + reference CFG {ref_cfg:g} + RACL Attention Patch + Shot LoRA on shots 1-2",
+}
+SHOT_LORA_RANK = 32
+SHOT_LORA_SHOTS = (0, 1)
+
+
+def random_shot_lora(model, rank: int = SHOT_LORA_RANK, shots=SHOT_LORA_SHOTS, seed: int = 3):
+    """A Shot LoRA of random low-rank factors (bf16, as a saved LoRA file holds them) on the ten layers
+    a DreamShot LoRA trains (dreamshot.train.config.DEFAULT_LORA_TARGETS) of every block, on ``shots``:
+    what Load Shot LoRA makes of a file, built in host memory."""
+    from ..shot_lora import LowRankDelta, ShotLoRA
+    from ..train.config import DEFAULT_LORA_TARGETS
+
+    g = torch.Generator().manual_seed(seed)
+    deltas = {}
+    for i, block in enumerate(model.model.diffusion_model.blocks):
+        for target in DEFAULT_LORA_TARGETS:
+            layer = block.get_submodule(target)
+            out_f, in_f = layer.weight.shape
+            up = (torch.randn(out_f, rank, generator=g) * 0.01).to(torch.bfloat16)
+            down = (torch.randn(rank, in_f, generator=g) / in_f ** 0.5).to(torch.bfloat16)
+            deltas[f"diffusion_model.blocks.{i}.{target}"] = LowRankDelta(up, down, 1.0)
+    return ShotLoRA(name="bench_shot_lora", strength=1.0, deltas=deltas, shots=tuple(shots))
+
+
 def bench_variants(model, shots: int, refs: int, width: int, height: int, steps: int, device, repeats=2,
-                   warmup=1) -> list[dict]:
+                   warmup=1, cfg: float = 5.0, ref_cfg: float = 2.0, cases=("stock", "dreamshot", "ref_cfg", "racl"),
+                   exclude_bytes: int = 0, on_row=None, cpu_memory: bool = True) -> list[dict]:
     """Stock sampling (comfy.sample.sample, what KSampler runs; one prompt, the same latent frames)
-    against DreamShot Sampler, DreamShot Sampler with reference CFG 2, and DreamShot Sampler on a model
-    through the RACL Attention Patch (default settings: strength 1, every block, auto regions): time
-    per step and peak memory (on a GPU torch.cuda.max_memory_allocated, also as a total)."""
+    against the DreamShot cases named in ``cases`` (keys of CASES): DreamShot Sampler, with reference
+    CFG, on a model through the RACL Attention Patch (default settings: strength 1, every block, auto
+    regions), with a random Shot LoRA on two shots, or all of them: time per step and peak memory (on
+    a GPU torch.cuda.max_memory_allocated, also as a total less ``exclude_bytes``, e.g. a VRAM cap's
+    ballast).
+
+    ``warmup`` calls of one step of stock sampling run first (model load, kernel set-up). A case that
+    fails (a CUDA out-of-memory error on a capped card, say) is a row with its ``error``; the others
+    still run. ``on_row(rows)`` is called after every case (the GPU check writes its results then).
+    ``cpu_memory`` False: on a CPU, no profiled call per case for memory (measure.measure)."""
+    import comfy.model_management
     import comfy.sample
 
     from ..comfy_bridge.role_patch import RoleAttentionConfig, with_role_attention
     from ..comfy_bridge.sampling import sample_story
+    from ..comfy_bridge.shot_lora import with_shot_lora
 
     seq = _sequence(shots, refs, width, height)
     latent = seq.latent
     stock_pos, stock_neg = [[_prompt(2), {}]], [[_prompt(NEGATIVE_SEED), {}]]
     noise = comfy.sample.prepare_noise(latent, 0)
-    racl_model = with_role_attention(model, RoleAttentionConfig())
+    racl_model = with_role_attention(model, RoleAttentionConfig()) if {"racl", "full"} & set(cases) else None
+    lora = random_shot_lora(model) if {"shot_lora", "full"} & set(cases) else None
 
-    def stock():
-        comfy.sample.sample(model, noise, steps, 5.0, "euler", "simple", stock_pos, stock_neg, latent,
-                            disable_pbar=True, seed=0)
+    def stock(n=steps):
+        return lambda: comfy.sample.sample(model, noise, n, cfg, "euler", "simple", stock_pos, stock_neg, latent,
+                                           disable_pbar=True, seed=0)
 
-    def story(m, ref_cfg=1.0):
-        return lambda: sample_story(m, seq, 0, steps, 5.0, "euler", "simple", ref_cfg=ref_cfg)
+    def story(m, guidance=1.0):
+        return lambda: sample_story(m, seq, 0, steps, cfg, "euler", "simple", ref_cfg=guidance)
 
-    cases = [("stock KSampler", stock), ("DreamShot Sampler", story(model)),
-             ("DreamShot Sampler + reference CFG 2", story(model, 2.0)),
-             ("DreamShot Sampler + RACL Attention Patch", story(racl_model))]
+    runs = {"stock": stock(), "dreamshot": story(model), "ref_cfg": story(model, ref_cfg),
+            "racl": lambda: story(racl_model)(),
+            "shot_lora": lambda: story(with_shot_lora(model, lora))(),
+            "full": lambda: story(with_shot_lora(racl_model, lora), ref_cfg)()}
     rows = []
     with torch.inference_mode():
-        for name, fn in cases:
-            m = measure(fn, device, repeats, warmup)
-            rows.append({"variant": name, "shots": shots, "refs": refs, "latent_frames": latent.shape[2],
-                         "step_s": m.seconds / steps, "peak_mib": m.peak_bytes / 2 ** 20,
-                         "total_mib": m.total_bytes / 2 ** 20})
-    for r in rows:
-        r["time_ratio"] = r["step_s"] / rows[0]["step_s"]
-        r["mem_ratio"] = r["peak_mib"] / rows[0]["peak_mib"]
-        r["total_ratio"] = r["total_mib"] / rows[0]["total_mib"]
+        for _ in range(warmup):
+            try:
+                stock(1)()
+            except torch.OutOfMemoryError:   # the cases below then record their own
+                log.exception("sampler warm-up ran out of memory")
+                comfy.model_management.soft_empty_cache()
+        for key in cases:
+            row = {"case": key, "variant": CASES[key].format(ref_cfg=ref_cfg), "shots": shots, "refs": refs,
+                   "latent_frames": latent.shape[2], "error": ""}
+            try:
+                m = measure(runs[key], device, repeats, warmup=0, exclude_bytes=exclude_bytes, cpu_memory=cpu_memory)
+            except Exception as e:  # noqa: BLE001  (a failed case is a result; the others still run)
+                log.exception("sampler case %s failed", row["variant"])
+                oom = isinstance(e, torch.OutOfMemoryError)
+                row["error"] = "CUDA out of memory" if oom else f"{type(e).__name__}: {e}"
+                if device.type == "cuda":
+                    row["total_mib"] = (torch.cuda.max_memory_allocated(device) - exclude_bytes) / 2 ** 20
+                comfy.model_management.soft_empty_cache()
+            else:
+                row.update(step_s=m.seconds / steps, peak_mib=m.peak_bytes / 2 ** 20, total_mib=m.total_bytes / 2 ** 20)
+            row.update(_load_state(model))
+            rows.append(row)
+            _ratios(rows)
+            if on_row is not None:
+                on_row(rows)
     return rows
+
+
+def _load_state(model) -> dict:
+    """How much of the DiT ComfyUI keeps on the compute device after a call (MiB), and of how much."""
+    return {"loaded_mib": model.loaded_size() / 2 ** 20, "model_mib": model.model_size() / 2 ** 20}
+
+
+def _ratios(rows: list[dict]) -> None:
+    """Each row's time and memory against the stock row (when both ran)."""
+    base = next((r for r in rows if r["case"] == "stock" and not r["error"]), None)
+    for r in rows:
+        if base is None or r["error"]:
+            continue
+        r["time_ratio"] = r["step_s"] / base["step_s"]
+        r["mem_ratio"] = r["peak_mib"] / base["peak_mib"] if base["peak_mib"] else math.nan
+        r["total_ratio"] = r["total_mib"] / base["total_mib"] if base["total_mib"] else math.nan
 
 
 def bench_keyframes_vs_dense(model, shots: int, refs: int, width: int, height: int, steps: int, device,

@@ -86,8 +86,11 @@ def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.
 
 
 class Trainer:
+    # config paths a run must be given (a subclass that makes its own model or data needs fewer)
+    required_paths = ("model.dit", "data.cache_dir")
+
     def __init__(self, cfg: TrainConfig, dist_state: DistState | None = None):
-        self.cfg = cfg.validate(need=("model.dit", "data.cache_dir"))
+        self.cfg = cfg.validate(need=self.required_paths)
         self.dist = dist_state or init_distributed(cfg.distributed.backend)
         self.out = cfg.output_dir
         self.story_model = None
@@ -96,6 +99,15 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(cfg.train.seed * 1009 + self.dist.rank)
 
     # -- hooks ------------------------------------------------------------------------------------
+    def load_base_model(self, fsdp: bool):
+        """The frozen DiT as a ComfyUI MODEL in ``model.dtype``, in host memory as comfy.sd loads it
+        (the GPU check, dreamshot/bench/train_bench.py, builds a random one instead of reading a file)."""
+        from ..comfy_bridge import training as bridge
+
+        # FSDP: every process builds the model on meta and reads only its shards from the mapped file,
+        # so the node's host memory holds the weights once (the page cache), not once per process
+        return (bridge.load_dit_on_meta if fsdp else bridge.load_dit)(self.cfg.model.dit, self.cfg.model.dtype)
+
     def load_models(self) -> None:
         """ComfyUI headless, the DiT through comfy.sd, LoRA/deltas, the DreamShot story patches."""
         from ..comfy_bridge.headless import import_comfy
@@ -105,9 +117,7 @@ class Trainer:
 
         c = self.cfg
         fsdp = c.distributed.strategy == "fsdp" and self.dist.enabled
-        # FSDP: every process builds the model on meta and reads only its shards from the mapped file,
-        # so the node's host memory holds the weights once (the page cache), not once per process
-        base = (bridge.load_dit_on_meta if fsdp else bridge.load_dit)(c.model.dit, c.model.dtype)
+        base = self.load_base_model(fsdp)
         n_blocks = len(base.model.diffusion_model.blocks)
         racl_layers = c.racl_layers()
         if racl_layers and max(racl_layers) >= n_blocks:
@@ -317,52 +327,19 @@ class Trainer:
 
         bar = tqdm(total=c.train.steps, initial=step, desc="DreamShot training", unit="step",
                    disable=not (self.dist.is_main and c.logging.progress))
-        accum = c.train.gradient_accumulation_steps
         saved_at = step
         t0 = time.perf_counter()
         window = {"t": t0, "tokens": 0}   # tokens/s and peak memory since the last log line
         reset_peak(self.dist.device)
         while step < c.train.steps:
-            totals = {"loss": 0.0, "fm": 0.0, "racl": 0.0}
-            modes = dict.fromkeys(MODES, 0)
-            for a in range(accum):
-                batch = self.prepare_batch(self.sequence_index(micro))
-                micro += 1
-                modes[batch.sample.mode] += 1
-                window["tokens"] += batch.sample.layout.num_tokens
-                sync = a == accum - 1 or not hasattr(self.engine, "no_sync")
-                with contextlib.nullcontext() if sync else self.engine.no_sync():
-                    loss, parts = self.compute_loss(batch)
-                    scaled = loss / accum
-                    (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
-                totals["loss"] += float(loss.detach()) / accum
-                totals["fm"] += parts["fm"] / accum
-                totals["racl"] += parts["racl"] / accum
-            if self.manual_grad_sync:
-                all_reduce_mean_([p.grad for p in self.params if p.grad is not None], self.dist)
-            grad_norm = None
-            if self.scaler is not None:
-                self.scaler.unscale_(self.optimizer)
-            if c.train.max_grad_norm > 0:
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, c.train.max_grad_norm))
-            lr = self.scheduler.get_last_lr()[0]
-            if self.scaler is not None:
-                self.scaler.step(self.optimizer)   # skipped when the scaled gradients overflowed
-                self.scaler.update()
-            else:
-                self.optimizer.step()
-            self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
+            micro, logs, tokens = self.train_step(micro)
             step += 1
-            logs = {k: mean_scalar(v, self.dist) for k, v in totals.items()}
+            window["tokens"] += tokens
             result.losses[step] = logs["loss"]
-            logs.update(lr=lr, modes={k: v for k, v in modes.items() if v})
-            if grad_norm is not None:
-                logs["grad_norm"] = grad_norm
             if step % c.logging.log_every == 0 or step == c.train.steps:
                 logs.update(self.memory_logs(window))
                 self.on_step_end(step, logs)
-            bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{lr:.2e}")
+            bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}")
             bar.update(1)
             if c.checkpoint.every and step % c.checkpoint.every == 0:
                 self.save(step, micro)
@@ -381,6 +358,49 @@ class Trainer:
             log.info("DreamShot: trained steps %d..%d in %.1fs (%.2f it/s)", result.start_step + 1, step, dt,
                      (step - result.start_step) / max(dt, 1e-9))
         return result
+
+    def train_step(self, micro: int) -> tuple[int, dict, int]:
+        """One optimizer step from micro-step ``micro`` (``gradient_accumulation_steps`` stories, forward
+        and backward each), gradient clipping, the optimizer's and the scheduler's step: (the next
+        micro-step, {"loss", "fm", "racl", "lr", "modes"[, "grad_norm"]} averaged over ranks, image tokens)."""
+        c = self.cfg
+        accum = c.train.gradient_accumulation_steps
+        totals = {"loss": 0.0, "fm": 0.0, "racl": 0.0}
+        modes = dict.fromkeys(MODES, 0)
+        tokens = 0
+        for a in range(accum):
+            batch = self.prepare_batch(self.sequence_index(micro))
+            micro += 1
+            modes[batch.sample.mode] += 1
+            tokens += batch.sample.layout.num_tokens
+            sync = a == accum - 1 or not hasattr(self.engine, "no_sync")
+            with contextlib.nullcontext() if sync else self.engine.no_sync():
+                loss, parts = self.compute_loss(batch)
+                scaled = loss / accum
+                (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+            totals["loss"] += float(loss.detach()) / accum
+            totals["fm"] += parts["fm"] / accum
+            totals["racl"] += parts["racl"] / accum
+        if self.manual_grad_sync:
+            all_reduce_mean_([p.grad for p in self.params if p.grad is not None], self.dist)
+        grad_norm = None
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        if c.train.max_grad_norm > 0:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, c.train.max_grad_norm))
+        lr = self.scheduler.get_last_lr()[0]
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)   # skipped when the scaled gradients overflowed
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        logs = {k: mean_scalar(v, self.dist) for k, v in totals.items()}
+        logs.update(lr=lr, modes={k: v for k, v in modes.items() if v})
+        if grad_norm is not None:
+            logs["grad_norm"] = grad_norm
+        return micro, logs, tokens
 
     def memory_logs(self, window: dict) -> dict:
         """Peak memory since the last log line (this rank's device) and image tokens per second."""
