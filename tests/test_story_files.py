@@ -134,7 +134,7 @@ def errors_of(folder: Path, text: str, name: str = "bad.yaml") -> str:
     (lambda t: t.replace("characters: [Station]", "characters: [Station, Theo]"),
      "bad.yaml:16: shots[1].characters: unknown character(s) 'Theo' (known: Mira, Station)"),
     (lambda t: t.replace("    seed: 7\n", "    seed: -7\n    colour: red\n"),
-     "bad.yaml:15: shots[0].colour: unknown field (allowed: boxes, characters"),
+     "bad.yaml:15: shots[0].colour: unknown field (allowed: action, boxes, camera, characters"),
     (lambda t: t.replace("kind: location", "kind: building"),
      "bad.yaml:8: characters[1].kind: expected one of character, location, prop, got 'building'"),
     (lambda t: t.replace("    lock: true\n", "    lock: yes please\n"),
@@ -212,7 +212,8 @@ def sample_story() -> Story:
     shots = (Shot("Mira waits.", ("Mira", "Station"), regions=(("Mira", (0.1, 0.2, 0.5, 1.0)),), seed=2 ** 63),
              Shot("Both: 'hello'\nthen silence", ("Mira", "Duo/Twin"),
                   regions=(("Mira", (0.0, 0.0, 0.5, 1.0)), ("Duo/Twin", pixels(32, 32, 8, channels=0))),
-                  negative_prompt="blur", image=pixels(32, 32, 9)),
+                  negative_prompt="blur", image=pixels(32, 32, 9), duration=0.75, shot_size="ECU",
+                  camera="pan left", action="They turn.", dialogue="MIRA: 'Hello'\nTHEO: \"Hi\""),
              Shot("", ()))
     return Story(characters=(mira, duo, place), shots=shots, title="Über Rain", locked=(0, 2),
                  settings=StorySettings(width=64, height=48, steps=3, cfg=2.5))
@@ -228,6 +229,8 @@ def assert_same_story(a: Story, b: Story) -> None:
     for x, y in zip(a.shots, b.shots):
         assert (x.prompt, x.characters, x.negative_prompt, x.seed) == (y.prompt, y.characters, y.negative_prompt,
                                                                          y.seed)
+        assert (x.duration, x.shot_size, x.camera, x.action, x.dialogue) == \
+            (y.duration, y.shot_size, y.camera, y.action, y.dialogue)
         assert (x.image is None) == (y.image is None) and (x.image is None or torch.equal(x.image, y.image))
         assert [n for n, _ in x.regions] == [n for n, _ in y.regions]
         for (_, p), (_, q) in zip(x.regions, y.regions):
@@ -332,7 +335,9 @@ def test_save_story_then_load_story_gives_the_same_cast_and_shots(pack_nodes, N,
     (shots,) = N.DreamShotShotScript(prompt="Mira waits.", characters="Mira, Theo",
                                      character_boxes="Mira: 0, 0, 0.5, 1; Theo: 0.5, 0, 1, 1")
     (shots,) = N.DreamShotShotScript(prompt="Theo leaves.", characters="Theo", image=pixels(32, 32, 9)[None],
-                                     shots=shots, character_masks=pixels(32, 32, 4, channels=0)[None])
+                                     shots=shots, character_masks=pixels(32, 32, 4, channels=0)[None], duration=3.5,
+                                     shot_size="WS", camera="tilt up", action="Theo walks off.", dialogue="THEO: Bye.")
+    assert (shots[1].duration, shots[1].camera, shots[0].duration, shots[0].camera) == (3.5, "tilt up", 2.0, "static")
     save = pack_nodes["DreamShotSaveStory"]
     kwargs = dict(shots=shots, characters=chars, title="Rain", lock_shots="2", settings="width: 64\nheight: 48",
                   filename_prefix="stories/rain")

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from ..sheet import render_sheet, save_sheet_files
+from ..shot_timing import board_text
 from ..story import StoryPlan, encode_story
 from ..vistory.runner import RunSettings, save_png
 
@@ -69,9 +70,10 @@ def generate_storyboard(plan: StoryPlan, title: str, model, vae, clip, settings:
     keyframes = [out_dir / f"{j + 1}.png" for j in range(images.shape[0])]
     for path, image in zip(keyframes, images):
         save_png(path, image)
-    # As the Storyboard Sheet node captions a sequence: prompts, characters, kept/new tags.
-    sheet = render_sheet(images, [s.prompt for s in plan.shots], [tuple(s.characters) for s in plan.shots],
-                         title=title, tags=[("kept" if k else "new") for k in clean] if any(clean) else None)
+    # As the Storyboard Sheet node captions a sequence: board text, characters, kept/new tags.
+    board = board_text(plan.shots)
+    sheet = render_sheet(images, board.pop("captions"), [tuple(s.characters) for s in plan.shots], title=title,
+                         tags=[("kept" if k else "new") for k in clean] if any(clean) else None, **board)
     sheet_png, sheet_pdf = save_sheet_files(sheet, str(out_dir), "storyboard", pdf=pdf, title=title or "Storyboard")
     return {"keyframes": keyframes, "sheet": Path(sheet_png), "pdf": Path(sheet_pdf) if sheet_pdf else None,
             "generated": len(plan.layout.generated_shots), "seconds": round(time.perf_counter() - start, 2)}
