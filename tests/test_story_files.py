@@ -422,14 +422,26 @@ def test_generate_runs_the_example_story(tiny_models_dir, tmp_path, capsys):
 
     out = tmp_path / "lighthouse"
     chunks = []
-    assert main(generate_args(tiny_models_dir, out, "--log-level", "INFO"), on_chunk=chunks.append) == 0
+    assert main(generate_args(tiny_models_dir, out, "--log-level", "INFO", "--animatic", "--timeline"),
+                on_chunk=chunks.append) == 0
     # One pass (4 shots, at most 6 per pass by default) with the three references and the file's text.
     example = read_story(EXAMPLE)
     [chunk] = chunks
     assert chunk.layout.num_refs == 3 and chunk.layout.num_shots == 4 and not any(chunk.layout.clean_shots)
     assert chunk.plan.prompts == [s.prompt for s in example.shots] + [c.description for c in example.characters]
     files = sorted(os.listdir(out))
-    assert files == ["1.png", "2.png", "3.png", "4.png", "storyboard_00001_.pdf", "storyboard_00001_.png"]
+    assert files == ["1.png", "2.png", "3.png", "4.png", "animatic_00001_.mp4", "storyboard_00001_.pdf",
+                     "storyboard_00001_.png", "timeline_00001_", "timeline_00001_.edl", "timeline_00001_.otio",
+                     "timeline_00001_.xml"]
+    # the example's durations (3 + 2.5 + 2 + 3.5 s) at 24 fps, cut the same way in the timeline
+    import av
+    import opentimelineio as otio
+
+    with av.open(str(out / "animatic_00001_.mp4")) as c:
+        assert sum(1 for _ in c.decode(video=0)) == 11 * 24
+    boards = otio.adapters.read_from_file(str(out / "timeline_00001_.otio")).tracks[0]
+    assert [(c.name, c.duration().value) for c in boards] == [("Shot 1", 72), ("Shot 2", 60), ("Shot 3", 48),
+                                                               ("Shot 4", 84)]
     for name in files[:4]:
         with Image.open(out / name) as im:
             assert im.size == (64, 64)

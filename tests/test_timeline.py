@@ -124,3 +124,34 @@ def test_without_opentimelineio_the_error_says_what_to_install(tmp_path, monkeyp
     with pytest.raises(DreamShotInputError, match="pip install opentimelineio otio-cmx3600-adapter otio-fcp-adapter"):
         export(tmp_path)
     assert os.listdir(tmp_path) == []
+
+
+def test_generate_editorial_writes_the_animatic_and_the_timeline_beside_the_keyframes(tmp_path):
+    """python -m dreamshot.generate --animatic --timeline, after the keyframes <N>.png are written."""
+    from PIL import Image
+
+    from dreamshot.generate.__main__ import build_parser
+    from dreamshot.generate.editorial import write_editorial
+
+    args = build_parser().parse_args(["story.yaml", "--animatic", "--timeline", "--fps", "25"])
+    assert (args.animatic, args.timeline, args.fps) == (True, True, 25.0)
+    paths = []
+    for j, key in enumerate(keys()):
+        paths.append(tmp_path / f"{j + 1}.png")
+        Image.fromarray(key.mul(255).round().byte().numpy()).save(paths[-1])
+    first = write_editorial(SHOTS, paths, tmp_path, "The Lighthouse", fps=25)
+    assert first == {"animatic": tmp_path / "animatic_00001_.mp4", "timeline": tmp_path / "timeline_00001_.otio"}
+    with av_open(first["animatic"]) as c:
+        assert sum(1 for _ in c.decode(video=0)) == round(4.05 * 25)
+    timeline = otio.adapters.read_from_file(str(first["timeline"]))
+    assert [c.name for c in timeline.tracks[0]] == ["Shot 1", "Shot 2", "Shot 3"] and len(timeline.tracks) == 2
+    assert (tmp_path / "timeline_00001_" / "animatic.mp4").read_bytes() == first["animatic"].read_bytes()
+    again = write_editorial(SHOTS, paths, tmp_path, "The Lighthouse", fps=25, timeline=False)
+    assert again == {"animatic": tmp_path / "animatic_00002_.mp4"}       # never overwrites
+    only = write_editorial(SHOTS, paths, tmp_path, "t", animatic=False)
+    assert len(otio.adapters.read_from_file(str(only["timeline"])).tracks) == 1
+
+
+def av_open(path):
+    av = pytest.importorskip("av")
+    return av.open(str(path))
