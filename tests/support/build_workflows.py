@@ -37,6 +37,11 @@ DIT_14B = "wan2.1_t2v_14B_bf16.safetensors"
 SFT_LORA = "sft_lora_model.safetensors"
 RL_LORA = "rl_lora_model.safetensors"
 DISTILL_LORA = "wan2.1_t2v_14b_lora_rank64_lightx2v_4step.safetensors"
+# The example story (examples/story), as a user copies it into ComfyUI/input; and a Shot LoRA's file
+# name for the Shot LoRA template (any Wan2.1 T2V LoRA the user has in models/loras).
+STORY_FILE = "lighthouse.yaml"
+STORY_DIR = REPO / "examples" / "story"
+SHOT_LORA = "wan2.1_t2v_style_lora.safetensors"
 
 
 def _model_meta(name, folder):
@@ -209,6 +214,45 @@ def official_14b(distill: bool = False) -> Graph:
     return g
 
 
+def story_animatic() -> Graph:
+    """The example story from Load Story through the sampler to the sheet, the animatic (Save Video) and
+    the editorial timeline; Save Story writes the story beside them (with the timing the Shot Scripts
+    carry)."""
+    g = Graph()
+    model, clip, vae = _loaders(g)
+    story = g.add("DreamShotLoadStory", {"story": STORY_FILE}, pos=(360, 520), size=(320, 140))
+    seq = g.add("DreamShotShotSequencePack", {"width": 832, "height": 480, "mode": "reference_to_shot"},
+                pos=(720, 200), vae=vae, clip=clip, shots=(story, 1), characters=(story, 0))
+    sampler = g.add("DreamShotSampler", {"seed": 42, "steps": 30, "cfg": 3.0, "sampler_name": "euler",
+                                         "scheduler": "simple", "ref_cfg": 2.0, "chunk_size": 0, "context_shots": 0},
+                    pos=(1080, 200), size=(340, 420), model=model, sequence=seq)
+    sheet = g.add("DreamShotStoryboardSheet", {"filename_prefix": "DreamShot/lighthouse"}, pos=(1460, 0),
+                  size=(420, 480), keyframes=sampler, sequence=seq)
+    animatic = g.add("DreamShotStoryboardAnimatic", {"fps": 24.0, "transition": "cut", "captions": True},
+                     pos=(1460, 520), size=(340, 420), keyframes=sampler, sequence=seq)
+    g.add("SaveVideo", {"filename_prefix": "DreamShot/lighthouse_animatic"}, pos=(1840, 520), size=(420, 420),
+          video=animatic)
+    timeline = g.add("DreamShotEditorialTimeline", {"filename_prefix": "DreamShot/lighthouse"}, pos=(1840, 0),
+                     size=(340, 260), keyframes=sampler, sequence=seq, animatic=animatic)
+    save = g.add("DreamShotSaveStory", {"filename_prefix": "DreamShot/lighthouse_story"}, pos=(720, 620),
+                 size=(320, 200), shots=(story, 1), characters=(story, 0))
+    for node in (sheet, timeline, save):     # the story's title on each ('title' is also add()'s node title)
+        node.links_in["title"] = (story, 3)
+    return g
+
+
+def shot_lora() -> Graph:
+    """A Shot LoRA (a style LoRA from models/loras) on shots 2 and 4 only; the other shots see the model
+    without it, in the same joint pass."""
+    g = Graph()
+    model, clip, vae = _loaders(g)
+    model = g.add("DreamShotShotLoRA", {"lora_name": SHOT_LORA, "strength": 1.0, "shots": "2, 4"}, pos=(720, -200),
+                  model=model)
+    seq = _pack(g, vae, clip, _shots(g), "reference_to_shot", characters=_cast(g))
+    _sample_and_save(g, model, seq, "shot_lora", sheet_title="A Shot LoRA on shots 2 and 4")
+    return g
+
+
 WORKFLOWS_BUILT = {
     "dreamshot_reference_to_shot.json": reference_to_shot,
     "dreamshot_text_to_shot.json": text_to_shot,
@@ -218,6 +262,8 @@ WORKFLOWS_BUILT = {
     "dreamshot_scene_reference.json": scene_reference,
     "dreamshot_official_14b.json": official_14b,
     "dreamshot_official_14b_4step.json": lambda: official_14b(distill=True),
+    "dreamshot_story_animatic_timeline.json": story_animatic,
+    "dreamshot_shot_lora.json": shot_lora,
 }
 
 
