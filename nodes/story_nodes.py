@@ -134,10 +134,10 @@ class ShotScript(io.ComfyNode):
                 io.Combo.Input("camera", options=list(CAMERA_MOVES), default=CAMERA_MOVES[0], optional=True,
                                tooltip="Camera move, printed on the sheet; the Storyboard Animatic renders it on "
                                        "the still as a slow push in / pull out, pan or tilt (static: none)."),
-                io.String.Input("action", multiline=True, default="", optional=True,
+                io.String.Input("action", default="", optional=True,
                                 tooltip="What happens, as the board's action line: printed under the board on the "
                                         "sheet (instead of the prompt) and in the timeline. Empty: the prompt."),
-                io.String.Input("dialogue", multiline=True, default="", optional=True,
+                io.String.Input("dialogue", default="", optional=True,
                                 tooltip="Dialogue of this shot: printed under the board, burned into the animatic "
                                         "as its caption and written as a marker in the timeline."),
             ],

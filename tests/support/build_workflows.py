@@ -42,6 +42,7 @@ DISTILL_LORA = "wan2.1_t2v_14b_lora_rank64_lightx2v_4step.safetensors"
 STORY_FILE = "lighthouse.yaml"
 STORY_DIR = REPO / "examples" / "story"
 SHOT_LORA = "wan2.1_t2v_style_lora.safetensors"
+SHOT_SCRIPT_SIZE = (340, 410)      # room for every widget (frontend 1.27 keeps a saved size as it is; Nodes 2.0 rows are taller)
 
 
 def _model_meta(name, folder):
@@ -85,7 +86,8 @@ def _shots(g: Graph, first_image=None):
         links = {"shots": prev} if prev is not None else {}
         if j == 0 and first_image is not None:
             links["image"] = first_image
-        prev = g.add("DreamShotShotScript", {"prompt": prompt, "characters": names}, pos=(720, 120 + 260 * j), **links)
+        prev = g.add("DreamShotShotScript", {"prompt": prompt, "characters": names}, pos=(720, 120 + 600 * j),
+                     size=SHOT_SCRIPT_SIZE, **links)
     return prev
 
 
@@ -126,7 +128,8 @@ def two_characters_racl() -> Graph:
         links = {"shots": prev} if prev is not None else {}
         boxes = "Mira: 0, 0, 0.5, 1; Theo: 0.5, 0, 1, 1" if "," in names else ""
         prev = g.add("DreamShotShotScript", {"prompt": prompt, "characters": names, "character_boxes": boxes},
-                     pos=(720, 120 + 300 * j), **links)
+                     pos=(720, 120 + 600 * j), size=SHOT_SCRIPT_SIZE,
+                     **links)
     seq = _pack(g, vae, clip, prev, "reference_to_shot", characters=_cast(g))
     _sample_and_save(g, model, seq, "two_characters_racl", sheet_title="Two characters, no swaps")
     return g
@@ -149,7 +152,8 @@ def scene_reference() -> Graph:
         links = {"shots": prev} if prev is not None else {}
         boxes = "Mira: 0, 0, 0.5, 1; Theo: 0.5, 0, 1, 1" if "," in names else ""
         prev = g.add("DreamShotShotScript", {"prompt": prompt, "characters": f"{names}, Bus stop",
-                                             "character_boxes": boxes}, pos=(720, 120 + 300 * j), **links)
+                                             "character_boxes": boxes}, pos=(720, 120 + 600 * j), size=SHOT_SCRIPT_SIZE,
+                     **links)
     seq = _pack(g, vae, clip, prev, "reference_to_shot", characters=cast)
     _sample_and_save(g, model, seq, "scene_reference", sheet_title="Two characters at the bus stop")
     return g
@@ -230,11 +234,11 @@ def story_animatic() -> Graph:
                   size=(420, 480), keyframes=sampler, sequence=seq)
     animatic = g.add("DreamShotStoryboardAnimatic", {"fps": 24.0, "transition": "cut", "captions": True},
                      pos=(1460, 520), size=(340, 420), keyframes=sampler, sequence=seq)
-    g.add("SaveVideo", {"filename_prefix": "DreamShot/lighthouse_animatic"}, pos=(1840, 520), size=(420, 420),
+    g.add("SaveVideo", {"filename_prefix": "DreamShot/lighthouse_animatic"}, pos=(1920, 520), size=(420, 420),
           video=animatic)
-    timeline = g.add("DreamShotEditorialTimeline", {"filename_prefix": "DreamShot/lighthouse"}, pos=(1840, 0),
+    timeline = g.add("DreamShotEditorialTimeline", {"filename_prefix": "DreamShot/lighthouse"}, pos=(1920, 0),
                      size=(340, 260), keyframes=sampler, sequence=seq, animatic=animatic)
-    save = g.add("DreamShotSaveStory", {"filename_prefix": "DreamShot/lighthouse_story"}, pos=(720, 620),
+    save = g.add("DreamShotSaveStory", {"filename_prefix": "DreamShot/lighthouse_story"}, pos=(360, 720),
                  size=(320, 200), shots=(story, 1), characters=(story, 0))
     for node in (sheet, timeline, save):     # the story's title on each ('title' is also add()'s node title)
         node.links_in["title"] = (story, 3)
