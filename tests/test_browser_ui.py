@@ -108,7 +108,8 @@ SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False,
             "Comfy.Canvas.LeftMouseClickBehavior": "panning", "Comfy.Canvas.MouseWheelScroll": "zoom"}
 NODES2 = "Comfy.VueNodes.Enabled"
 INPUT_IMAGES = {"dreamshot_character_a.png": (200, 70, 60), "dreamshot_character_b.png": (60, 80, 200),
-                "dreamshot_first_shot.png": (70, 150, 80), "dreamshot_location.png": (90, 90, 120)}
+                "dreamshot_first_shot.png": (70, 150, 80), "dreamshot_location.png": (90, 90, 120),
+                **{f"storyboard_shot_{j}.png": (40 * j, 120, 200 - 40 * j) for j in range(1, 5)}}
 # Where the frontend serves this pack's js/ from: a warning raised from there is ours.
 OUR_SCRIPTS = f"/extensions/{PACK_NAME}/"
 
@@ -474,7 +475,11 @@ def test_bundled_workflow_round_trip(session, screenshots, path):
     assert sorted(n["type"] for n in nodes) == sorted(n["type"] for n in wf["nodes"])
     assert all(n["registered"] for n in nodes), [n["type"] for n in nodes if not n["registered"]]
     ours = [n for n in nodes if n["type"].startswith("DreamShot") or n["type"] == "LoadDreamShotModel"]
-    assert ours and all(n["category"] and n["category"].startswith("DreamShot/") for n in ours)
+    assert all(n["category"] and n["category"].startswith("DreamShot/") for n in ours)
+    # every template but animate-between-boards (ComfyUI's own Wan nodes only) uses ours
+    assert ours or path.stem == "dreamshot_animate_between_boards"
+    if path.stem == "dreamshot_animate_between_boards":
+        assert {"WanFirstLastFrameToVideo", "CreateVideo", "SaveVideo"} <= {n["type"] for n in nodes}
 
     # every node shows its inputs as widgets, the new ones of issue 26 included
     for n in nodes:
@@ -493,7 +498,7 @@ def test_bundled_workflow_round_trip(session, screenshots, path):
             assert f"{base}_3" not in names
         assert pack["panelInDocument"] and len(pack["locks"]) == len(prompts)
     samplers = [n for n in nodes if n["type"] == "DreamShotSampler"]
-    assert samplers
+    assert samplers or not ours
     for sampler in samplers:
         assert sampler["panelInDocument"]
         assert len(sampler["list"]) == len(prompts)

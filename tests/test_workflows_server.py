@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from support.build_workflows import (DISTILL_LORA, DIT, DIT_14B, INPUT_IMAGES, RL_LORA, SFT_LORA, SHOT_LORA, STORY,
-                                     STORY_DIR, STORY_FILE, TEXT_ENCODER, VAE, WORKFLOWS_BUILT)
+from support.build_workflows import (BOARDS, DISTILL_LORA, DIT, DIT_14B, FLF2V, INPUT_IMAGES, RL_LORA, SFT_LORA,
+                                     SHOT_LORA, STORY, STORY_DIR, STORY_FILE, TEXT_ENCODER, VAE, WORKFLOWS_BUILT)
 from support.official_loras import distill_lora, released_lora
 from support.server import ComfyServer, PromptFailed, PromptRejected, make_base_dir
 from support.workflow_api import ui_to_api
@@ -33,8 +33,11 @@ WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny_models_dir, comfy_root):
+def server(tmp_path_factory, tiny_models_dir, comfy_root, comfy_headless):
+    from support.tiny_flf2v import write_tiny_flf2v
+
     base = tmp_path_factory.mktemp("comfy_base")
+    flf2v = write_tiny_flf2v(base / "src_flf2v.safetensors")
     inputs = {}
     for i, name in enumerate(INPUT_IMAGES):
         path = base / f"src_{name}"
@@ -49,7 +52,7 @@ def server(tmp_path_factory, tiny_models_dir, comfy_root):
         loras[name] = base / f"src_{name}"
         safetensors.torch.save_file(sd, str(loras[name]))
     make_base_dir(base, models={"diffusion_models": {DIT: tiny_models_dir / "dit.safetensors",
-                                                     DIT_14B: tiny_models_dir / "dit.safetensors"},
+                                                     DIT_14B: tiny_models_dir / "dit.safetensors", FLF2V: flf2v},
                                 "vae": {VAE: tiny_models_dir / "vae.safetensors"},
                                 "text_encoders": {TEXT_ENCODER: tiny_models_dir / "umt5.safetensors"},
                                 "dreamshot": {SFT_LORA: loras[SFT_LORA], RL_LORA: loras[RL_LORA]},
@@ -71,8 +74,12 @@ def _prompt(server, name, **overrides):
             node["class_type"] = "DreamShotTestTinyUMT5Loader"
         if node["class_type"] == "DreamShotShotSequencePack":
             node["inputs"].update(width=64, height=64)
-        if node["class_type"] == "DreamShotSampler":
+        if node["class_type"] in ("DreamShotSampler", "KSampler"):
             node["inputs"].update(steps=2)
+        if node["class_type"] == "WanFirstLastFrameToVideo":
+            node["inputs"].update(width=64, height=64, length=5)
+        if node["class_type"] == "ImageFromBatch":
+            node["inputs"].update(length=4)          # drops the last of 5 frames, as 32 of 33 in the file
     for node_id, inputs in overrides.items():
         prompt[node_id]["inputs"].update(inputs)
     return prompt
@@ -107,7 +114,8 @@ def test_bundled_workflow_runs_in_the_real_server(server, name):
     entry = server.wait(server.queue(prompt), timeout=600)
     saved = _images(server, entry, "SaveImage", prompt)
     sheets = _images(server, entry, "DreamShotStoryboardSheet", prompt)
-    assert saved or sheets
+    videos = [r for i, r in entry["outputs"].items() if prompt[i]["class_type"] == "SaveVideo"]
+    assert saved or sheets or videos
     for images in saved.values():
         assert len(images) == len(STORY) and all(im.shape == (64, 64, 3) for im in images)
     for images in sheets.values():
@@ -291,3 +299,26 @@ def test_story_workflow_makes_sheet_animatic_timeline_and_story(server):
     saved_story = read_story(out / entry["outputs"][save_node]["text"][0].removeprefix("saved "))
     assert [(s.duration, s.shot_size, s.camera, s.dialogue) for s in saved_story.shots] == \
         [(s.duration, s.shot_size, s.camera, s.dialogue) for s in story.shots]
+
+
+def test_animate_between_boards_joins_one_clip_per_pair(server):
+    """ComfyUI's native Wan2.1 first-last-frame nodes on a tiny random FLF2V checkpoint (the 14B FLF2V's
+    format: i2v, 36 input channels, FLF position embedding), one clip per pair of consecutive boards,
+    joined without repeating the shared boards: 4 + 4 + 5 frames at 16 fps for length 5."""
+    import av
+
+    prompt = _prompt(server, "dreamshot_animate_between_boards.json")
+    assert sorted(n["inputs"]["image"] for n in prompt.values() if n["class_type"] == "LoadImage") == list(BOARDS)
+    flf = [n for n in prompt.values() if n["class_type"] == "WanFirstLastFrameToVideo"]
+    assert len(flf) == len(BOARDS) - 1
+    # each pair's start and end images are consecutive boards
+    board_of = {i: n["inputs"]["image"] for i, n in prompt.items() if n["class_type"] == "LoadImage"}
+    pairs = sorted((board_of[n["inputs"]["start_image"][0]], board_of[n["inputs"]["end_image"][0]]) for n in flf)
+    assert pairs == list(zip(BOARDS, BOARDS[1:]))
+    entry = server.wait(server.queue(prompt), timeout=900)
+    [video] = [r for i, r in entry["outputs"].items() if prompt[i]["class_type"] == "SaveVideo"]
+    [saved] = video["images"]
+    with av.open(str(server.base_dir / "output" / saved["subfolder"] / saved["filename"])) as c:
+        assert Fraction(c.streams.video[0].average_rate) == 16
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    assert len(frames) == 4 + 4 + 5 and frames[0].shape == (64, 64, 3)

@@ -31,7 +31,9 @@ CHARACTER_A = "dreamshot_character_a.png"
 CHARACTER_B = "dreamshot_character_b.png"
 FIRST_SHOT = "dreamshot_first_shot.png"
 LOCATION = "dreamshot_location.png"
-INPUT_IMAGES = (CHARACTER_A, CHARACTER_B, FIRST_SHOT, LOCATION)
+# The animate-between-boards template's inputs: a storyboard's keyframes, as DreamShot saved them.
+BOARDS = tuple(f"storyboard_shot_{j}.png" for j in range(1, 5))
+INPUT_IMAGES = (CHARACTER_A, CHARACTER_B, FIRST_SHOT, LOCATION) + BOARDS
 # The released DreamShot weights (LL3RD/DreamShot) on Wan2.1-T2V-14B, as the official runner uses them.
 DIT_14B = "wan2.1_t2v_14B_bf16.safetensors"
 SFT_LORA = "sft_lora_model.safetensors"
@@ -42,6 +44,9 @@ DISTILL_LORA = "wan2.1_t2v_14b_lora_rank64_lightx2v_4step.safetensors"
 STORY_FILE = "lighthouse.yaml"
 STORY_DIR = REPO / "examples" / "story"
 SHOT_LORA = "wan2.1_t2v_style_lora.safetensors"
+# ComfyUI's native Wan2.1 first-last-frame model (the 720p 14B FLF2V, repackaged by Comfy-Org).
+FLF2V = "wan2.1_flf2v_720p_14B_fp16.safetensors"
+BETWEEN_FRAMES, BETWEEN_FPS = 33, 16          # per pair: 2 s at Wan's 16 fps (length 4n + 1)
 SHOT_SCRIPT_SIZE = (340, 410)      # room for every widget (frontend 1.27 keeps a saved size as it is; Nodes 2.0 rows are taller)
 
 
@@ -257,6 +262,44 @@ def shot_lora() -> Graph:
     return g
 
 
+def animate_between_boards() -> Graph:
+    """Each pair of consecutive keyframes of a storyboard (four boards here, one Load Image each) becomes
+    a short clip with ComfyUI's native Wan2.1 first-last-frame nodes (WanFirstLastFrameToVideo ->
+    KSampler -> VAE Decode); the clips are joined (each one's last frame, which is the next one's first,
+    dropped) and saved as one video. No DreamShot node: the boards come from any DreamShot run."""
+    g = Graph()
+    unet = g.add("UNETLoader", {"unet_name": FLF2V, "weight_dtype": "default"}, pos=(0, 0),
+                 properties=_model_meta(FLF2V, "diffusion_models"))
+    clip = g.add("CLIPLoader", {"clip_name": TEXT_ENCODER, "type": "wan", "device": "default"}, pos=(0, 200),
+                 properties=_model_meta(TEXT_ENCODER, "text_encoders"))
+    vae = g.add("VAELoader", {"vae_name": VAE}, pos=(0, 360), properties=_model_meta(VAE, "vae"))
+    positive = g.add("CLIPTextEncode", {"text": "the camera moves smoothly from the first storyboard frame to the "
+                                                "next, the same characters and place, cinematic, natural motion"},
+                     pos=(360, 120), size=(400, 160), clip=clip)
+    negative = g.add("CLIPTextEncode", {"text": OFFICIAL_NEGATIVE}, pos=(360, 320), size=(400, 160), clip=clip)
+    boards = [g.add("LoadImage", {"image": name}, pos=(0, 520 + 360 * j), size=(320, 320))
+              for j, name in enumerate(BOARDS)]
+    joined = None
+    for j in range(len(boards) - 1):
+        y = 520 * j
+        flf = g.add("WanFirstLastFrameToVideo", {"width": 832, "height": 480, "length": BETWEEN_FRAMES,
+                                                 "batch_size": 1}, pos=(820, y), size=(320, 260),
+                    positive=positive, negative=(negative, 0), vae=vae, start_image=boards[j], end_image=boards[j + 1],
+                    title=f"Boards {j + 1} -> {j + 2}")
+        sampled = g.add("KSampler", {"seed": 42 + j, "steps": 20, "cfg": 5.0, "sampler_name": "uni_pc",
+                                     "scheduler": "simple", "denoise": 1.0}, pos=(1180, y), size=(320, 470),
+                        model=unet, positive=(flf, 0), negative=(flf, 1), latent_image=(flf, 2))
+        frames = g.add("VAEDecode", {}, pos=(1540, y), size=(220, 60), samples=sampled, vae=vae)
+        if j < len(boards) - 2:      # its last frame is the next clip's first: keep it once
+            frames = g.add("ImageFromBatch", {"batch_index": 0, "length": BETWEEN_FRAMES - 1}, pos=(1540, y + 120),
+                           size=(260, 100), image=frames)
+        joined = frames if joined is None else g.add("ImageBatch", {}, pos=(1820, y), size=(220, 60), image1=joined,
+                                                     image2=frames)
+    video = g.add("CreateVideo", {"fps": float(BETWEEN_FPS)}, pos=(2080, 0), size=(270, 100), images=joined)
+    g.add("SaveVideo", {"filename_prefix": "DreamShot/between_boards"}, pos=(2380, 0), size=(480, 420), video=video)
+    return g
+
+
 WORKFLOWS_BUILT = {
     "dreamshot_reference_to_shot.json": reference_to_shot,
     "dreamshot_text_to_shot.json": text_to_shot,
@@ -268,6 +311,7 @@ WORKFLOWS_BUILT = {
     "dreamshot_official_14b_4step.json": lambda: official_14b(distill=True),
     "dreamshot_story_animatic_timeline.json": story_animatic,
     "dreamshot_shot_lora.json": shot_lora,
+    "dreamshot_animate_between_boards.json": animate_between_boards,
 }
 
 
