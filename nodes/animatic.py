@@ -138,10 +138,14 @@ def _video_rate_and_audio(video) -> tuple[Fraction, int, bool]:
     """(frame rate, frame count, has sound) of a VIDEO without decoding its pictures."""
     import av
 
-    with av.open(video.get_stream_source(), mode="r") as container:
-        stream = container.streams.video[0]
-        frames = stream.frames or sum(1 for packet in container.demux(stream) if packet.size)
-        return Fraction(stream.average_rate), int(frames), len(container.streams.audio) > 0
+    try:
+        with av.open(video.get_stream_source(), mode="r") as container:
+            stream = container.streams.video[0]
+            frames = stream.frames or sum(1 for packet in container.demux(stream) if packet.size)
+            return Fraction(stream.average_rate), int(frames), len(container.streams.audio) > 0
+    except (av.error.FFmpegError, ValueError, IndexError) as e:
+        raise DreamShotInputError("animatic", f"cannot read this video as a file ({e}).",
+                                  "connect the Storyboard Animatic's output (or a Load Video).") from e
 
 
 class EditorialTimeline(io.ComfyNode):

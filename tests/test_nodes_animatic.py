@@ -149,6 +149,13 @@ def test_errors_name_the_node_and_input(pack_nodes, sequence, folders):
         run_node(animatic, keyframes=keyframes(), **animatic_inputs(width=63, height=48))
     with pytest.raises(ValueError, match="Storyboard Animatic: input 'variant': variant 3 of 2"):
         run_node(animatic, keyframes=keyframes(6), sequence=sequence, variant=3, **animatic_inputs())
+    # 0.3.64's VideoFromComponents (Create Video) has no file to read: refused by name, not a crash
+    import nodes
+
+    frames_only = run_node(nodes.NODE_CLASS_MAPPINGS["CreateVideo"], images=keyframes(), fps=24.0).result[0]
+    with pytest.raises(ValueError, match="Editorial Timeline: input 'animatic': cannot read this video"):
+        run_node(pack_nodes["DreamShotEditorialTimeline"], keyframes=keyframes(), title="t", fps=24.0,
+                 filename_prefix="x", sequence=sequence, animatic=frames_only)
 
 
 def test_cancel_stops_the_writing_and_leaves_nothing(pack_nodes, folders):
