@@ -163,9 +163,12 @@ class _Metrics:
     text_h: int
     title_text: str
     title_h: int
+    dialogue_lines: list
+    running_time: str
 
 
-def _measure(images: torch.Tensor, captions, characters, title: str, style: SheetStyle, num: int) -> _Metrics:
+def _measure(images: torch.Tensor, captions, characters, title: str, style: SheetStyle, num: int,
+             dialogue=None, running_time: str = "") -> _Metrics:
     src_h, src_w = int(images.shape[1]), int(images.shape[2])
     cell_w = max(style.cell_width or min(src_w, 640), 96)
     cell_h = max(1, round(src_h * cell_w / src_w))
@@ -177,34 +180,51 @@ def _measure(images: torch.Tensor, captions, characters, title: str, style: Shee
     heading = _font(round(font_size * 2), style.font)
     text_w = cell_w - 2
     caption_lines = [wrap_text(c, body, text_w, style.max_caption_lines) if c else [] for c in (captions or [""] * num)]
+    # Dialogue in quotes under the action, as a board's dialogue line (straight quotes in the bundled font).
+    open_q, close_q = ('"', '"') if _is_bundled(body) else ("\u201c", "\u201d")
+    dialogue_lines = [wrap_text(f"{open_q}{d.strip()}{close_q}", body, text_w, style.max_caption_lines)
+                      if d and d.strip() else [] for d in (dialogue or [""] * num)]
     has_names = characters is not None and any(characters)
-    text_h = round(line_h * 1.25) + (line_h if has_names else 0) + line_h * max(len(x) for x in caption_lines) \
-        + line_h // 2
+    text_h = round(line_h * 1.25) + (line_h if has_names else 0) \
+        + line_h * max(len(c) + len(d) for c, d in zip(caption_lines, dialogue_lines)) + line_h // 2
     title_text = _clean_text(title, heading)
-    title_h = round(font_size * 2 * 1.3) + margin if title_text else 0
+    running_time = _clean_text(running_time or "", body)
+    title_h = round(font_size * 2 * 1.3) + margin if title_text or running_time else 0
     return _Metrics(cell_w, cell_h, font_size, margin, gutter, line_h, body, _font(round(font_size * 1.15), style.font),
-                    heading, text_w, caption_lines, has_names, text_h, title_text, title_h)
+                    heading, text_w, caption_lines, has_names, text_h, title_text, title_h, dialogue_lines,
+                    running_time)
 
 
 def _blank_sheet(m: _Metrics, width: int, height: int):
     """(sheet, draw): a white page with the title and its rule drawn."""
     sheet = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(sheet)
-    if m.title_text:
-        draw.text((m.margin, m.margin), _fit(m.title_text, m.heading, width - 2 * m.margin), font=m.heading, fill=INK)
+    if m.title_text or m.running_time:
+        right = width - m.margin
+        if m.running_time:      # right-aligned on the title's line, as industry sheets print it
+            rt = _fit(m.running_time, m.label, (width - 2 * m.margin) // 2)
+            right -= round(m.label.getlength(rt))
+            draw.text((right, m.margin + round(m.font_size * 2 * 1.3) - m.line_h), rt, font=m.label, fill=MUTED)
+            right -= m.gutter
+        if m.title_text:
+            draw.text((m.margin, m.margin), _fit(m.title_text, m.heading, right - m.margin), font=m.heading, fill=INK)
         y_rule = m.margin + round(m.font_size * 2 * 1.3) + m.margin // 2
         draw.line([(m.margin, y_rule), (width - m.margin, y_rule)], fill=FRAME, width=1)
     return sheet, draw
 
 
-def _draw_caption(draw, m: _Metrics, x: int, ty: int, j: int, tags, characters) -> None:
-    """Shot j's caption from (x, ty): "Shot N" and its tag, the names of its cast (when ``characters``
-    is given), then its wrapped prompt lines."""
+def _draw_caption(draw, m: _Metrics, x: int, ty: int, j: int, tags, characters, notes=None) -> None:
+    """Shot j's caption from (x, ty): "Shot N", its tag and its notes (size, camera, duration), the
+    names of its cast (when ``characters`` is given), then its wrapped caption and dialogue lines."""
     heading_text = f"Shot {j + 1}"
     draw.text((x, ty), heading_text, font=m.label, fill=INK)
+    tx = x + m.label.getlength(heading_text + "  ")
     if tags is not None and tags[j]:
-        tx = x + m.label.getlength(heading_text + "  ")
-        draw.text((tx, ty), _fit(_clean_text(tags[j], m.body), m.body, x + m.text_w - tx), font=m.body, fill=ACCENT)
+        tag = _fit(_clean_text(tags[j], m.body), m.body, x + m.text_w - tx)
+        draw.text((tx, ty), tag, font=m.body, fill=ACCENT)
+        tx += m.body.getlength(tag + "  ")
+    if notes is not None and notes[j] and tx < x + m.text_w:
+        draw.text((tx, ty), _fit(_clean_text(notes[j], m.body), m.body, x + m.text_w - tx), font=m.body, fill=MUTED)
     ty += round(m.line_h * 1.25)
     if characters is not None:
         names = ", ".join(n for n in (_clean_text(n, m.body) for n in characters[j]) if n)
@@ -212,6 +232,9 @@ def _draw_caption(draw, m: _Metrics, x: int, ty: int, j: int, tags, characters) 
         ty += m.line_h
     for line in m.caption_lines[j]:
         draw.text((x, ty), line, font=m.body, fill=MUTED)
+        ty += m.line_h
+    for line in m.dialogue_lines[j]:
+        draw.text((x, ty), line, font=m.body, fill=INK)
         ty += m.line_h
 
 
@@ -225,7 +248,9 @@ def _to_pil(image: torch.Tensor) -> Image.Image:
 
 def render_sheet(images: torch.Tensor, captions: Sequence[str] | None = None,
                  characters: Sequence[Sequence[str]] | None = None, title: str = "", columns: int = 0,
-                 tags: Sequence[str] | None = None, style: SheetStyle = SheetStyle(), variants: int = 1) -> Image.Image:
+                 tags: Sequence[str] | None = None, style: SheetStyle = SheetStyle(), variants: int = 1,
+                 notes: Sequence[str] | None = None, dialogue: Sequence[str] | None = None,
+                 running_time: str = "") -> Image.Image:
     """Lay keyframes out as a storyboard sheet.
 
     Args:
@@ -239,6 +264,10 @@ def render_sheet(images: torch.Tensor, captions: Sequence[str] | None = None,
         style: sizes; by default everything follows the keyframe width (capped at 640 px).
         variants: V storyboards of the same story: one row each, labelled, the script once under the
             last row.
+        notes: per shot, a short line after the shot number (shot_timing.board_notes: size, camera
+            move, duration), or None.
+        dialogue: per shot, its dialogue (quoted under the caption, in ink), or None.
+        running_time: printed on the right of the title row (e.g. "4 shots, 0:09.5"); "" for none.
 
     Returns:
         An RGB PIL image.
@@ -252,9 +281,11 @@ def render_sheet(images: torch.Tensor, captions: Sequence[str] | None = None,
         raise DreamShotInputError("keyframes", f"{images.shape[0]} keyframe(s) do not split into {variants} variants.",
                                   "connect the keyframes of one DreamShot Sampler run.")
     if variants > 1:
-        return _render_variants(images, captions, characters, title, tags, style, variants)
+        return _render_variants(images, captions, characters, title, tags, style, variants, notes, dialogue,
+                                running_time)
     num = images.shape[0]
-    for name, values in (("captions", captions), ("characters", characters), ("tags", tags)):
+    for name, values in (("captions", captions), ("characters", characters), ("tags", tags), ("notes", notes),
+                         ("dialogue", dialogue)):
         if values is not None and len(values) != num:
             raise DreamShotInputError(name, f"{len(values)} {name} for {num} keyframes.",
                                       "give one entry per keyframe.")
@@ -264,7 +295,7 @@ def render_sheet(images: torch.Tensor, captions: Sequence[str] | None = None,
     cols = min(columns or auto_columns(num), num)
     rows = math.ceil(num / cols)
 
-    m = _measure(images, captions, characters, title, style, num)
+    m = _measure(images, captions, characters, title, style, num, dialogue, running_time)
 
     width = 2 * m.margin + cols * m.cell_w + (cols - 1) * m.gutter
     height = 2 * m.margin + m.title_h + rows * (m.cell_h + m.text_h) + (rows - 1) * m.gutter
@@ -287,19 +318,20 @@ def render_sheet(images: torch.Tensor, captions: Sequence[str] | None = None,
         draw.rectangle([x, y, x + box_w, y + box_h], fill=INK)
         draw.text((x + badge_pad, y + badge_pad // 2), number, font=m.label, fill=BACKGROUND)
 
-        _draw_caption(draw, m, x, y + m.cell_h + m.line_h // 3, j, tags, characters if m.has_names else None)
+        _draw_caption(draw, m, x, y + m.cell_h + m.line_h // 3, j, tags, characters if m.has_names else None, notes)
     return sheet
 
 
 def _render_variants(images: torch.Tensor, captions, characters, title: str, tags, style: SheetStyle,
-                     variants: int) -> Image.Image:
+                     variants: int, notes=None, dialogue=None, running_time: str = "") -> Image.Image:
     """render_sheet for V variants of S shots: a row per variant with its label on the left, each
     image with its shot number, and the shots' script once under the last row."""
     num = images.shape[0] // variants
-    for name, values in (("captions", captions), ("characters", characters), ("tags", tags)):
+    for name, values in (("captions", captions), ("characters", characters), ("tags", tags), ("notes", notes),
+                         ("dialogue", dialogue)):
         if values is not None and len(values) != num:
             raise DreamShotInputError(name, f"{len(values)} {name} for {num} shots.", "give one entry per shot.")
-    m = _measure(images, captions, characters, title, style, num)
+    m = _measure(images, captions, characters, title, style, num, dialogue, running_time)
     row_labels = [f"Variant {v + 1}" for v in range(variants)]
     label_w = round(max(m.label.getlength(t) for t in row_labels)) + m.gutter
 
@@ -327,7 +359,7 @@ def _render_variants(images: torch.Tensor, captions, characters, title: str, tag
     y_text = m.margin + m.title_h + variants * m.cell_h + (variants - 1) * m.gutter
     for j in range(num):
         x = x0 + j * (m.cell_w + m.gutter)
-        _draw_caption(draw, m, x, y_text + m.line_h // 3, j, tags, characters if m.has_names else None)
+        _draw_caption(draw, m, x, y_text + m.line_h // 3, j, tags, characters if m.has_names else None, notes)
     return sheet
 
 

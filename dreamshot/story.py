@@ -19,6 +19,7 @@ from .images import fit_image, fit_mask
 from .layout import DEFAULT_MAX_LATENT_FRAMES, PIXEL_MULTIPLE, StoryLayout, check_resolution
 from .modes import Mode, resolve_clean_shots
 from .packing import VideoVAE, pack_latent
+from .shot_timing import DEFAULT_DURATION
 from .text_fold import FoldedText, TextSegment, fold_text, split_zero_rows, unfold_context
 
 
@@ -52,6 +53,14 @@ class Shot:
     # the sampler's seed), so one shot can be re-rolled without touching the others' noise.
     negative_prompt: str = ""
     seed: int | None = None
+    # What a storyboard board carries for timing and editing (dreamshot.shot_timing): seconds on
+    # screen, shot size (free text: ECU, CU, MS, WS, ...), the camera move the animatic renders
+    # (shot_timing.CAMERA_MOVES), and the action / dialogue printed under the board.
+    duration: float = DEFAULT_DURATION
+    shot_size: str = ""
+    camera: str = "static"
+    action: str = ""
+    dialogue: str = ""
 
 
 BOX_FORMS = "x0, y0, x1, y1 inside the frame, as fractions of the shot (every coordinate <= 1) or in pixels"

@@ -22,6 +22,11 @@ Format (version 1; docs/story-files.md is the reference)::
         seed: 7                      # optional, this shot's initial noise
         image: lighthouse/shot1.png  # optional fixed image (kept in shot_to_shot / edit)
         lock: true                   # optional: keep this shot from the earlier storyboard
+        duration: 2.5                # optional seconds on screen (default 2), for the animatic and timeline
+        shot_size: CU                # optional free text (ECU, CU, MCU, MS, WS, EWS, ...)
+        camera: push in              # optional: static, push in, pull out, pan left/right, tilt up/down
+        action: She climbs.          # optional, printed under the board (else the prompt)
+        dialogue: "MIRA: Almost there."        # optional, printed under the board
 
 Paths are relative to the folder holding the story file, ``/``-separated; absolute paths, ``..`` and
 links leading out of the allowed folder (ComfyUI's input folder for Load Story) are refused. Unknown
@@ -49,6 +54,7 @@ from .field_checks import FieldChecker
 from .images import fit_image, fit_mask, load_image, load_mask
 from .modes import Mode
 from .sheet import publish_new, safe_stem, write_temp
+from .shot_timing import DEFAULT_DURATION, duration_problem, parse_camera
 from .story import REFERENCE_KINDS, Character, Shot
 from .atomic import atomic_write
 
@@ -60,7 +66,8 @@ MAX_SHOWN = 25
 DOCS = "docs/story-files.md"
 _TOP_KEYS = {"format", "version", "title", "settings", "characters", "shots"}
 _CHAR_KEYS = {"name", "kind", "reference", "mask", "description"}
-_SHOT_KEYS = {"prompt", "characters", "boxes", "masks", "negative_prompt", "seed", "image", "lock"}
+_SHOT_KEYS = {"prompt", "characters", "boxes", "masks", "negative_prompt", "seed", "image", "lock",
+              "duration", "shot_size", "camera", "action", "dialogue"}
 
 
 @dataclass(frozen=True)
@@ -455,6 +462,7 @@ class _ShotEntry:
     seed: int | None
     image: str | None
     lock: bool
+    timing: dict[str, Any] | None = None   # Shot's timing fields given in the file (duration, shot_size, camera, action, dialogue)
 
 
 def _paths(chk: FieldChecker, field: str, raw, allow_none: bool = False) -> list[str | None]:
@@ -553,7 +561,28 @@ def _shot(chk: FieldChecker, j: int, raw, cast: dict[str, str]) -> _ShotEntry | 
     if not isinstance(lock, bool):
         chk.bad(pre + ".lock", f"expected true or false, got {lock!r}")
         lock = False
-    return _ShotEntry(pre, prompt, tuple(who), tuple(boxes), tuple(masks), negative, seed, image, lock)
+    return _ShotEntry(pre, prompt, tuple(who), tuple(boxes), tuple(masks), negative, seed, image, lock,
+                      _timing(chk, pre, raw))
+
+
+def _timing(chk: FieldChecker, pre: str, raw: dict) -> dict:
+    """The shot's board fields that are given (dreamshot.shot_timing); absent ones keep Shot's defaults."""
+    out: dict[str, Any] = {}
+    if raw.get("duration") is not None:
+        problem = duration_problem(raw["duration"])
+        if problem:
+            chk.bad(pre + ".duration", problem)
+        else:
+            out["duration"] = float(raw["duration"])
+    if raw.get("camera") is not None:
+        try:
+            out["camera"] = parse_camera(raw["camera"])
+        except DreamShotInputError as e:
+            chk.bad(pre + ".camera", f"{e.problem.rstrip('.')} ({e.fix.rstrip('.')})")
+    for key in ("shot_size", "action", "dialogue"):
+        if raw.get(key) is not None:
+            out[key] = chk.string(f"{pre}.{key}", raw[key]).strip()
+    return out
 
 
 def _parse(path: Path, confine: Path | None):
@@ -642,7 +671,7 @@ def _load_shot(chk: FieldChecker, s: _ShotEntry) -> Shot | None:
     if (s.image is not None and image is None) or len(regions) != len(s.boxes) + len(s.masks):
         return None
     return Shot(prompt=s.prompt, characters=s.characters, image=image, regions=tuple(regions),
-                negative_prompt=s.negative_prompt, seed=s.seed)
+                negative_prompt=s.negative_prompt, seed=s.seed, **(s.timing or {}))
 
 
 def read_story(path: str | Path, confine: str | Path | None = None) -> Story:
@@ -768,6 +797,11 @@ def story_document(story: Story, image_dir: str) -> tuple[dict, list[tuple[str, 
             entry["image"] = add(f"shot_{j + 1:02d}", _to_uint8(s.image[..., :3]))
         if j in story.locked:
             entry["lock"] = True
+        if s.duration != DEFAULT_DURATION:
+            entry["duration"] = float(s.duration)
+        for key in ("shot_size", "camera", "action", "dialogue"):
+            if getattr(s, key) and getattr(s, key) != ("static" if key == "camera" else ""):
+                entry[key] = getattr(s, key)
         shots.append(entry)
     doc["shots"] = shots
     return doc, files

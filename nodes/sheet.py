@@ -13,6 +13,7 @@ from PIL.PngImagePlugin import PngInfo
 from ..dreamshot.comfy_bridge.compat import io, ui
 from ..dreamshot.errors import DreamShotInputError
 from ..dreamshot.sheet import render_sheet, safe_stem, save_sheet_files
+from ..dreamshot.shot_timing import board_text
 from .errors import reported_as
 from .types import CATEGORY, Sequence
 
@@ -31,21 +32,23 @@ def _png_metadata(cls) -> PngInfo | None:
 
 
 def _script(sequence, num_keyframes: int):
-    """Captions, character names and kept/new tags per shot from a packed sequence, and the number of
-    variants the keyframes hold (DreamShot Sampler's variants: V x shots images)."""
+    """Captions, character names and kept/new tags per shot from a packed sequence, the number of
+    variants the keyframes hold (DreamShot Sampler's variants: V x shots images) and the board text
+    (notes, dialogue, running time: shot_timing.board_text)."""
     if sequence is None:
-        return None, None, None, 1
+        return None, None, None, 1, {}
     plan = sequence.plan
     shots = len(plan.shots)
     if num_keyframes % shots:
         raise DreamShotInputError(
             "keyframes", f"{num_keyframes} keyframe(s) but the sequence has {shots} shot(s): not one image per shot "
             "(or per shot of each variant).", "connect the keyframes that DreamShot Sampler made from this sequence.")
-    captions = [shot.prompt for shot in plan.shots]
+    board = board_text(plan.shots)
+    captions = board.pop("captions")
     characters = [tuple(shot.characters) for shot in plan.shots]
     clean = plan.layout.clean_shots
     tags = [("kept" if keep else "new") for keep in clean] if any(clean) else None
-    return captions, characters, tags, num_keyframes // shots
+    return captions, characters, tags, num_keyframes // shots, board
 
 
 def _split_prefix(prefix: str, output_dir: str, width: int, height: int) -> tuple[str, str, str]:
@@ -76,8 +79,9 @@ class StoryboardSheet(io.ComfyNode):
             node_id="DreamShotStoryboardSheet",
             display_name=cls.DISPLAY,
             category=f"{CATEGORY}/output",
-            description="Lays the keyframes out as a storyboard sheet: a grid with shot numbers, each shot's "
-                        "script and characters under it and a title on top. Shows it here and saves it as PNG "
+            description="Lays the keyframes out as a storyboard sheet: a grid with shot numbers, each shot's size, "
+                        "camera move, duration, action or script, dialogue and characters under it, and a title "
+                        "with the total running time on top. Shows it here and saves it as PNG "
                         "(with the workflow embedded) and PDF in ComfyUI's output folder, never overwriting a file.",
             is_experimental=True,
             is_output_node=True,
@@ -87,8 +91,9 @@ class StoryboardSheet(io.ComfyNode):
                                                     "row (the sequence tells how many shots a variant has)."),
                 Sequence.Input("sequence", optional=True,
                                tooltip="The Shot Sequence Pack output the keyframes were made from: gives each "
-                                       "shot's script text and characters, and marks kept/new shots in edit mode. "
-                                       "Without it only shot numbers are shown."),
+                                       "shot's script text (action, else prompt), dialogue, characters, shot size, "
+                                       "camera move and duration with the total running time, and marks kept/new "
+                                       "shots in edit mode. Without it only shot numbers are shown."),
                 io.String.Input("title", default="Storyboard", tooltip="Title printed on top; empty for none."),
                 io.Int.Input("columns", default=0, min=0, max=16,
                              tooltip="Shots per row; 0 = automatic (balanced rows of at most 4). With variants each "
@@ -105,9 +110,9 @@ class StoryboardSheet(io.ComfyNode):
     @classmethod
     def execute(cls, keyframes, title, columns, filename_prefix, save_pdf, sequence=None) -> io.NodeOutput:
         with reported_as(cls.DISPLAY):
-            captions, characters, tags, variants = _script(sequence, keyframes.shape[0])
+            captions, characters, tags, variants, board = _script(sequence, keyframes.shape[0])
             sheet = render_sheet(keyframes, captions, characters, title=title, columns=columns, tags=tags,
-                                 variants=variants)
+                                 variants=variants, **board)
             output_dir = folder_paths.get_output_directory()
             folder, stem, subfolder = _split_prefix(filename_prefix, output_dir, sheet.width, sheet.height)
             png_path, _ = save_sheet_files(sheet, folder, stem, pdf=save_pdf, root=output_dir,

@@ -6,6 +6,7 @@ from ..dreamshot.comfy_bridge.compat import io
 from ..dreamshot.errors import DreamShotInputError
 from ..dreamshot.mask_meaning import MASK_MEANINGS, character_mask
 from ..dreamshot.seeds import MAX_SEED
+from ..dreamshot.shot_timing import CAMERA_MOVES, DEFAULT_DURATION, MAX_DURATION, SHOT_SIZES, parse_camera
 from ..dreamshot.story import REFERENCE_KINDS, Character, Shot, parse_boxes, parse_character_names
 from .errors import reported_as
 from .types import CATEGORY, Characters, Shots
@@ -122,13 +123,31 @@ class ShotScript(io.ComfyNode):
                              tooltip="This shot's own initial-noise seed; -1 = derived from DreamShot Sampler's seed "
                                      "and the shot's number. Change it to re-roll this shot alone: the other shots' "
                                      "initial noise stays exactly the same."),
+                io.Float.Input("duration", default=DEFAULT_DURATION, min=0.01, max=MAX_DURATION, step=0.1,
+                               optional=True,
+                               tooltip="Seconds this shot stays on screen in the Storyboard Animatic and the "
+                                       "Editorial Timeline; printed on the Storyboard Sheet with the total running "
+                                       "time."),
+                io.String.Input("shot_size", default="", optional=True,
+                                tooltip=f"Shot size printed on the sheet, free text; the usual ones: "
+                                        f"{', '.join(SHOT_SIZES)}."),
+                io.Combo.Input("camera", options=list(CAMERA_MOVES), default=CAMERA_MOVES[0], optional=True,
+                               tooltip="Camera move, printed on the sheet; the Storyboard Animatic renders it on "
+                                       "the still as a slow push in / pull out, pan or tilt (static: none)."),
+                io.String.Input("action", default="", optional=True,
+                                tooltip="What happens, as the board's action line: printed under the board on the "
+                                        "sheet (instead of the prompt) and in the timeline. Empty: the prompt."),
+                io.String.Input("dialogue", default="", optional=True,
+                                tooltip="Dialogue of this shot: printed under the board, burned into the animatic "
+                                        "as its caption and written as a marker in the timeline."),
             ],
             outputs=[Shots.Output(display_name="shots")],
         )
 
     @classmethod
     def execute(cls, prompt, characters="", image=None, shots=None, character_masks=None,
-                character_boxes="", negative_prompt="", shot_seed=-1) -> io.NodeOutput:
+                character_boxes="", negative_prompt="", shot_seed=-1, duration=DEFAULT_DURATION, shot_size="",
+                camera=CAMERA_MOVES[0], action="", dialogue="") -> io.NodeOutput:
         with reported_as(cls.DISPLAY):
             if image is not None and image.shape[0] != 1:
                 raise DreamShotInputError("image", f"got a batch of {image.shape[0]} images for one shot.",
@@ -144,5 +163,8 @@ class ShotScript(io.ComfyNode):
                 regions += list(zip(names, masks))
             shot = Shot(prompt=prompt, characters=names, image=None if image is None else image[0, ..., :3],
                         regions=tuple(regions), negative_prompt=(negative_prompt or "").strip(),
-                        seed=None if shot_seed is None or shot_seed < 0 else int(shot_seed))
+                        seed=None if shot_seed is None or shot_seed < 0 else int(shot_seed),
+                        duration=float(DEFAULT_DURATION if duration is None else duration),
+                        shot_size=(shot_size or "").strip(), camera=parse_camera(camera),
+                        action=(action or "").strip(), dialogue=(dialogue or "").strip())
             return io.NodeOutput(tuple(shots or ()) + (shot,))

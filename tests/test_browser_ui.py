@@ -108,11 +108,21 @@ SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False,
             "Comfy.Canvas.LeftMouseClickBehavior": "panning", "Comfy.Canvas.MouseWheelScroll": "zoom"}
 NODES2 = "Comfy.VueNodes.Enabled"
 INPUT_IMAGES = {"dreamshot_character_a.png": (200, 70, 60), "dreamshot_character_b.png": (60, 80, 200),
-                "dreamshot_first_shot.png": (70, 150, 80), "dreamshot_location.png": (90, 90, 120)}
+                "dreamshot_first_shot.png": (70, 150, 80), "dreamshot_location.png": (90, 90, 120),
+                **{f"storyboard_shot_{j}.png": (40 * j, 120, 200 - 40 * j) for j in range(1, 5)}}
 # Where the frontend serves this pack's js/ from: a warning raised from there is ours.
 OUR_SCRIPTS = f"/extensions/{PACK_NAME}/"
 
 pytestmark = [pytest.mark.comfyui, pytest.mark.slow]
+
+# Widgets our nodes must show (issue 26's new inputs among them), and a workflow saved before them.
+WIDGETS = {
+    "DreamShotShotScript": ["prompt", "characters", "duration", "shot_size", "camera", "action", "dialogue"],
+    "DreamShotStoryboardAnimatic": ["fps", "width", "height", "transition", "transition_seconds", "shot_numbers",
+                                    "captions", "timecode", "camera_moves", "variant", "duration", "fit"],
+    "DreamShotEditorialTimeline": ["fps", "filename_prefix", "variant", "duration"],
+}
+OLD_WORKFLOW = REPO / "tests" / "support" / "old_workflows" / "dreamshot_reference_to_shot_before_shot_timing.json"
 
 
 # ----------------------------------------------------------------------------------- environment
@@ -465,7 +475,16 @@ def test_bundled_workflow_round_trip(session, screenshots, path):
     assert sorted(n["type"] for n in nodes) == sorted(n["type"] for n in wf["nodes"])
     assert all(n["registered"] for n in nodes), [n["type"] for n in nodes if not n["registered"]]
     ours = [n for n in nodes if n["type"].startswith("DreamShot") or n["type"] == "LoadDreamShotModel"]
-    assert ours and all(n["category"] and n["category"].startswith("DreamShot/") for n in ours)
+    assert all(n["category"] and n["category"].startswith("DreamShot/") for n in ours)
+    # every template but animate-between-boards (ComfyUI's own Wan nodes only) uses ours
+    assert ours or path.stem == "dreamshot_animate_between_boards"
+    if path.stem == "dreamshot_animate_between_boards":
+        assert {"WanFirstLastFrameToVideo", "CreateVideo", "SaveVideo"} <= {n["type"] for n in nodes}
+
+    # every node shows its inputs as widgets, the new ones of issue 26 included
+    for n in nodes:
+        if n["type"] in WIDGETS:
+            assert set(WIDGETS[n["type"]]) <= set(n["widgets"]), (n["type"], n["widgets"])
 
     prompts = workflow_prompts(wf)
     for pack in (n for n in nodes if n["type"] == "DreamShotShotSequencePack"):
@@ -479,12 +498,37 @@ def test_bundled_workflow_round_trip(session, screenshots, path):
             assert f"{base}_3" not in names
         assert pack["panelInDocument"] and len(pack["locks"]) == len(prompts)
     samplers = [n for n in nodes if n["type"] == "DreamShotSampler"]
-    assert samplers
+    assert samplers or not ours
     for sampler in samplers:
         assert sampler["panelInDocument"]
         assert len(sampler["list"]) == len(prompts)
         for j, (line, prompt) in enumerate(zip(sampler["list"], prompts)):
             assert line.startswith(f"{j + 1}. {prompt}"), (line, prompt)
+
+
+def test_a_workflow_saved_before_shot_timing_still_loads(session, screenshots):
+    """A workflow saved before the Shot Script had duration, shot_size, camera, action and dialogue (the
+    reference_to_shot template as it was): it loads without an error, shows the new widgets at their
+    defaults, and sends the server exactly what today's template sends."""
+    page = session.page
+    old = json.loads(OLD_WORKFLOW.read_text())
+    assert {len(n["widgets_values"]) for n in old["nodes"] if n["type"] == "DreamShotShotScript"} == {5}
+    session.console.take()
+    out = page.evaluate(ROUND_TRIP, [old, OLD_WORKFLOW.stem])
+    page.wait_for_timeout(900)
+    nodes = page.evaluate(DESCRIBE)
+    errors = session.console.take()
+    shot(page, screenshots, f"{session.ui.id}-old-workflow", focus_type="DreamShotShotScript")
+    assert not errors, errors
+    current = json.loads((REPO / "workflows" / "dreamshot_reference_to_shot.json").read_text())
+    expected = ui_to_api(current, session.object_info)
+    assert not prompt_differences(out["loaded"], expected)
+    assert not prompt_differences(out["reloaded"], expected)
+    scripts = [n for n in nodes if n["type"] == "DreamShotShotScript"]
+    assert len(scripts) == 4 and all(set(WIDGETS["DreamShotShotScript"]) <= set(n["widgets"]) for n in scripts)
+    sent = [out["loaded"][str(n["id"])]["inputs"] for n in scripts]
+    assert {(i["duration"], i["shot_size"], i["camera"], i["action"], i["dialogue"]) for i in sent} == \
+        {(2.0, "", "static", "", "")}
 
 
 BUILD = """async () => {

@@ -11,6 +11,7 @@ import sys
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -18,6 +19,7 @@ from PIL import Image
 from dreamshot import sheet as sheet_mod
 from dreamshot.errors import DreamShotInputError
 from dreamshot.sheet import SheetStyle, auto_columns, render_sheet, safe_stem, save_sheet_files, wrap_text
+from dreamshot.shot_timing import board_text
 
 REPO = Path(__file__).resolve().parents[1]
 WHITE = (255, 255, 255)
@@ -427,9 +429,10 @@ def test_node_lays_variants_out_as_rows(comfy_pack, output_dir):
     keys = keyframes(6, 32, 32)
     out = run_node(sheet_node.StoryboardSheet, keyframes=keys, sequence=seq, title="t", columns=0,
                    filename_prefix="variants", save_pdf=False)
-    want = render_sheet(keys, [s.prompt for s in seq.plan.shots], [s.characters for s in seq.plan.shots], title="t",
-                        variants=2)
+    board = board_text(seq.plan.shots)
+    captions = board.pop("captions")
+    want = render_sheet(keys, captions, [s.characters for s in seq.plan.shots], title="t", variants=2, **board)
     assert tuple(out.args[0].shape[1:3]) == (want.height, want.width)
-    one_row = render_sheet(keys[:3], [s.prompt for s in seq.plan.shots], [s.characters for s in seq.plan.shots],
-                           title="t")
+    assert np.array_equal(out.args[0][0].mul(255).round().byte().numpy(), np.asarray(want))
+    one_row = render_sheet(keys[:3], captions, [s.characters for s in seq.plan.shots], title="t", **board)
     assert want.width > one_row.width and want.height < 2 * one_row.height

@@ -154,7 +154,7 @@ def errors_of(folder: Path, text: str, name: str = "bad.yaml") -> str:
     (lambda t: t.replace("characters: [Station]", "characters: [Station, Theo]"),
      "bad.yaml:16: shots[1].characters: unknown character(s) 'Theo' (known: Mira, Station)"),
     (lambda t: t.replace("    seed: 7\n", "    seed: -7\n    colour: red\n"),
-     "bad.yaml:15: shots[0].colour: unknown field (allowed: boxes, characters"),
+     "bad.yaml:15: shots[0].colour: unknown field (allowed: action, boxes, camera, characters"),
     (lambda t: t.replace("kind: location", "kind: building"),
      "bad.yaml:8: characters[1].kind: expected one of character, location, prop, got 'building'"),
     (lambda t: t.replace("    lock: true\n", "    lock: yes please\n"),
@@ -232,7 +232,8 @@ def sample_story() -> Story:
     shots = (Shot("Mira waits.", ("Mira", "Station"), regions=(("Mira", (0.1, 0.2, 0.5, 1.0)),), seed=2 ** 63),
              Shot("Both: 'hello'\nthen silence", ("Mira", "Duo/Twin"),
                   regions=(("Mira", (0.0, 0.0, 0.5, 1.0)), ("Duo/Twin", pixels(32, 32, 8, channels=0))),
-                  negative_prompt="blur", image=pixels(32, 32, 9)),
+                  negative_prompt="blur", image=pixels(32, 32, 9), duration=0.75, shot_size="ECU",
+                  camera="pan left", action="They turn.", dialogue="MIRA: 'Hello'\nTHEO: \"Hi\""),
              Shot("", ()))
     return Story(characters=(mira, duo, place), shots=shots, title="Über Rain", locked=(0, 2),
                  settings=StorySettings(width=64, height=48, steps=3, cfg=2.5, variants=2,
@@ -252,6 +253,8 @@ def assert_same_story(a: Story, b: Story) -> None:
     for x, y in zip(a.shots, b.shots):
         assert (x.prompt, x.characters, x.negative_prompt, x.seed) == (y.prompt, y.characters, y.negative_prompt,
                                                                          y.seed)
+        assert (x.duration, x.shot_size, x.camera, x.action, x.dialogue) == \
+            (y.duration, y.shot_size, y.camera, y.action, y.dialogue)
         assert (x.image is None) == (y.image is None) and (x.image is None or torch.equal(x.image, y.image))
         assert [n for n, _ in x.regions] == [n for n, _ in y.regions]
         for (_, p), (_, q) in zip(x.regions, y.regions):
@@ -356,7 +359,9 @@ def test_save_story_then_load_story_gives_the_same_cast_and_shots(pack_nodes, N,
     (shots,) = N.DreamShotShotScript(prompt="Mira waits.", characters="Mira, Theo",
                                      character_boxes="Mira: 0, 0, 0.5, 1; Theo: 0.5, 0, 1, 1")
     (shots,) = N.DreamShotShotScript(prompt="Theo leaves.", characters="Theo", image=pixels(32, 32, 9)[None],
-                                     shots=shots, character_masks=pixels(32, 32, 4, channels=0)[None])
+                                     shots=shots, character_masks=pixels(32, 32, 4, channels=0)[None], duration=3.5,
+                                     shot_size="WS", camera="tilt up", action="Theo walks off.", dialogue="THEO: Bye.")
+    assert (shots[1].duration, shots[1].camera, shots[0].duration, shots[0].camera) == (3.5, "tilt up", 2.0, "static")
     save = pack_nodes["DreamShotSaveStory"]
     kwargs = dict(shots=shots, characters=chars, title="Rain", lock_shots="2", settings="width: 64\nheight: 48",
                   filename_prefix="stories/rain")
@@ -445,14 +450,26 @@ def test_generate_runs_the_example_story(tiny_models_dir, tmp_path, capsys):
 
     out = tmp_path / "lighthouse"
     chunks = []
-    assert main(generate_args(tiny_models_dir, out, "--log-level", "INFO"), on_chunk=chunks.append) == 0
+    assert main(generate_args(tiny_models_dir, out, "--log-level", "INFO", "--animatic", "--timeline"),
+                on_chunk=chunks.append) == 0
     # One pass (4 shots, at most 6 per pass by default) with the three references and the file's text.
     example = read_story(EXAMPLE)
     [chunk] = chunks
     assert chunk.layout.num_refs == 3 and chunk.layout.num_shots == 4 and not any(chunk.layout.clean_shots)
     assert chunk.plan.prompts == [s.prompt for s in example.shots] + [c.description for c in example.characters]
     files = sorted(os.listdir(out))
-    assert files == ["1.png", "2.png", "3.png", "4.png", "storyboard_00001_.pdf", "storyboard_00001_.png"]
+    assert files == ["1.png", "2.png", "3.png", "4.png", "animatic_00001_.mp4", "storyboard_00001_.pdf",
+                     "storyboard_00001_.png", "timeline_00001_", "timeline_00001_.edl", "timeline_00001_.otio",
+                     "timeline_00001_.xml"]
+    # the example's durations (3 + 2.5 + 2 + 3.5 s) at 24 fps, cut the same way in the timeline
+    import av
+    import opentimelineio as otio
+
+    with av.open(str(out / "animatic_00001_.mp4")) as c:
+        assert sum(1 for _ in c.decode(video=0)) == 11 * 24
+    boards = otio.adapters.read_from_file(str(out / "timeline_00001_.otio")).tracks[0]
+    assert [(c.name, c.duration().value) for c in boards] == [("Shot 1", 72), ("Shot 2", 60), ("Shot 3", 48),
+                                                               ("Shot 4", 84)]
     for name in files[:4]:
         with Image.open(out / name) as im:
             assert im.size == (64, 64)

@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from support.build_workflows import (DISTILL_LORA, DIT, DIT_14B, INPUT_IMAGES, RL_LORA, SFT_LORA, STORY, TEXT_ENCODER,
-                                     VAE, WORKFLOWS_BUILT)
+from support.build_workflows import (BOARDS, DISTILL_LORA, DIT, DIT_14B, FLF2V, INPUT_IMAGES, RL_LORA, SFT_LORA,
+                                     SHOT_LORA, STORY, STORY_DIR, STORY_FILE, TEXT_ENCODER, VAE, WORKFLOWS_BUILT)
 from support.official_loras import distill_lora, released_lora
 from support.server import ComfyServer, PromptFailed, PromptRejected, make_base_dir
 from support.workflow_api import ui_to_api
@@ -31,8 +33,11 @@ WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny_models_dir, comfy_root):
+def server(tmp_path_factory, tiny_models_dir, comfy_root, comfy_headless):
+    from support.tiny_flf2v import write_tiny_flf2v
+
     base = tmp_path_factory.mktemp("comfy_base")
+    flf2v = write_tiny_flf2v(base / "src_flf2v.safetensors")
     inputs = {}
     for i, name in enumerate(INPUT_IMAGES):
         path = base / f"src_{name}"
@@ -42,16 +47,20 @@ def server(tmp_path_factory, tiny_models_dir, comfy_root):
     import safetensors.torch
 
     loras = {}
-    for name, sd in ((SFT_LORA, released_lora(1)), (RL_LORA, released_lora(2)), (DISTILL_LORA, distill_lora(3))):
+    for name, sd in ((SFT_LORA, released_lora(1)), (RL_LORA, released_lora(2)), (DISTILL_LORA, distill_lora(3)),
+                     (SHOT_LORA, distill_lora(4))):
         loras[name] = base / f"src_{name}"
         safetensors.torch.save_file(sd, str(loras[name]))
     make_base_dir(base, models={"diffusion_models": {DIT: tiny_models_dir / "dit.safetensors",
-                                                     DIT_14B: tiny_models_dir / "dit.safetensors"},
+                                                     DIT_14B: tiny_models_dir / "dit.safetensors", FLF2V: flf2v},
                                 "vae": {VAE: tiny_models_dir / "vae.safetensors"},
                                 "text_encoders": {TEXT_ENCODER: tiny_models_dir / "umt5.safetensors"},
                                 "dreamshot": {SFT_LORA: loras[SFT_LORA], RL_LORA: loras[RL_LORA]},
-                                "loras": {DISTILL_LORA: loras[DISTILL_LORA]}},
+                                "loras": {DISTILL_LORA: loras[DISTILL_LORA], SHOT_LORA: loras[SHOT_LORA]}},
                   inputs=inputs)
+    # the example story, as a user copies it into ComfyUI/input for Load Story
+    shutil.copyfile(STORY_DIR / STORY_FILE, base / "input" / STORY_FILE)
+    shutil.copytree(STORY_DIR / Path(STORY_FILE).stem, base / "input" / Path(STORY_FILE).stem)
     with ComfyServer(base, root=comfy_root) as s:
         s.info = s.object_info()
         yield s
@@ -65,8 +74,12 @@ def _prompt(server, name, **overrides):
             node["class_type"] = "DreamShotTestTinyUMT5Loader"
         if node["class_type"] == "DreamShotShotSequencePack":
             node["inputs"].update(width=64, height=64)
-        if node["class_type"] == "DreamShotSampler":
+        if node["class_type"] in ("DreamShotSampler", "KSampler"):
             node["inputs"].update(steps=2)
+        if node["class_type"] == "WanFirstLastFrameToVideo":
+            node["inputs"].update(width=64, height=64, length=5)
+        if node["class_type"] == "ImageFromBatch":
+            node["inputs"].update(length=4)          # drops the last of 5 frames, as 32 of 33 in the file
     for node_id, inputs in overrides.items():
         prompt[node_id]["inputs"].update(inputs)
     return prompt
@@ -101,7 +114,8 @@ def test_bundled_workflow_runs_in_the_real_server(server, name):
     entry = server.wait(server.queue(prompt), timeout=600)
     saved = _images(server, entry, "SaveImage", prompt)
     sheets = _images(server, entry, "DreamShotStoryboardSheet", prompt)
-    assert saved or sheets
+    videos = [r for i, r in entry["outputs"].items() if prompt[i]["class_type"] == "SaveVideo"]
+    assert saved or sheets or videos
     for images in saved.values():
         assert len(images) == len(STORY) and all(im.shape == (64, 64, 3) for im in images)
     for images in sheets.values():
@@ -216,3 +230,95 @@ def test_six_characters_twelve_shots_in_chunks_with_the_racl_patch(server):
     assert [(int(a), int(b), int(c), int(d), refs.strip(), int(n)) for a, b, c, d, refs, n in passes] == [
         (1, 1, 6, 0, "Ayla, Ben, Cora", 3 + 6),              # the first pass packs only its own three
         (2, 7, 12, 1, ", ".join(CAST6), 6 + 1 + 6)]
+
+
+def yuv420(picture) -> np.ndarray:
+    import av
+
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(picture[..., :3]), format="rgb24")
+    return frame.reformat(format="yuv420p").reformat(format="rgb24").to_ndarray().astype(float)
+
+
+def test_story_workflow_makes_sheet_animatic_timeline_and_story(server):
+    """Load Story (the timed example) -> sampler -> Storyboard Sheet + Storyboard Animatic -> Save Video +
+    Editorial Timeline, Save Story beside: the MP4 decodes with PyAV with round(11 s x 24) frames and
+    each shot opening on its keyframe; the .otio reads back with the shots' names and durations, the
+    .edl and .xml parse; the saved story keeps the timing."""
+    import av
+    import opentimelineio as otio
+
+    from dreamshot.story_file import read_story
+    from dreamshot.timeline import available_formats
+
+    prompt = _prompt(server, "dreamshot_story_animatic_timeline.json")
+    animatic = next(i for i, n in prompt.items() if n["class_type"] == "DreamShotStoryboardAnimatic")
+    # burned-in text and camera moves off: each shot's first frame is then its keyframe
+    prompt[animatic]["inputs"].update(shot_numbers=False, timecode=False, captions=False, camera_moves=False)
+    sampler = next(i for i, n in prompt.items() if n["class_type"] == "DreamShotSampler")
+    prompt["900"] = {"class_type": "SaveImage", "inputs": {"images": [sampler, 0], "filename_prefix": "keys"}}
+    entry = server.wait(server.queue(prompt), timeout=900)
+    out = server.base_dir / "output"
+    keys = _images(server, entry, "SaveImage", prompt)["900"]
+    story = read_story(STORY_DIR / STORY_FILE)
+    durations = [s.duration for s in story.shots]
+    assert durations == [3.0, 2.5, 2.0, 3.5]
+
+    video = next(r for i, r in entry["outputs"].items() if prompt[i]["class_type"] == "SaveVideo")
+    [saved] = video["images"]                    # 0.3.64's PreviewVideo reports under "images"
+    with av.open(str(out / saved["subfolder"] / saved["filename"])) as c:
+        assert Fraction(c.streams.video[0].average_rate) == 24
+        frames = [f.to_ndarray(format="rgb24").astype(float) for f in c.decode(video=0)]
+    assert len(frames) == round(sum(durations) * 24) == 264
+    for j, start in enumerate((0, 72, 132, 180)):
+        # H.264 4:2:0: the best a decoded frame can be is the keyframe's own round trip through yuv420p
+        # (the tiny random model draws noise, the hardest case for the encoder)
+        err = [np.abs(frames[start] - yuv420(k)).mean() for k in keys]
+        assert err[j] < 4 and err[j] < min(e for i, e in enumerate(err) if i != j) / 3, (j, err)
+
+    [timeline_node] = [i for i, n in prompt.items() if n["class_type"] == "DreamShotEditorialTimeline"]
+    text = entry["outputs"][timeline_node]["text"][0]
+    rel = re.match(r"saved (\S+\.otio)", text).group(1)
+    timeline = otio.adapters.read_from_file(str(out / rel))
+    assert timeline.name == "The Lighthouse"
+    boards, cut = timeline.tracks[:2]
+    assert [(c.name, c.duration().value) for c in boards] == [("Shot 1", 72), ("Shot 2", 60), ("Shot 3", 48),
+                                                               ("Shot 4", 84)]
+    assert [c.source_range.start_time.value for c in cut] == [0, 72, 132, 180]
+    assert [m.name for m in boards[2].markers] == ["MIRA: Just in time, Pip."]
+    for clip in list(boards) + list(cut):
+        assert (out / rel).parent.joinpath(clip.media_reference.target_url).is_file()
+    formats = available_formats()
+    if formats["edl"]:
+        edl = otio.adapters.read_from_file(str(out / rel.replace(".otio", ".edl")), rate=24)
+        assert [(c.name, c.duration().value) for c in edl.find_clips()] == [(c.name, c.duration().value) for c in boards]
+    if formats["xml"]:
+        xml = otio.adapters.read_from_file(str(out / rel.replace(".otio", ".xml")))
+        assert [c.name for c in xml.tracks[0]] == ["Shot 1", "Shot 2", "Shot 3", "Shot 4"]
+
+    [save_node] = [i for i, n in prompt.items() if n["class_type"] == "DreamShotSaveStory"]
+    saved_story = read_story(out / entry["outputs"][save_node]["text"][0].removeprefix("saved "))
+    assert [(s.duration, s.shot_size, s.camera, s.dialogue) for s in saved_story.shots] == \
+        [(s.duration, s.shot_size, s.camera, s.dialogue) for s in story.shots]
+
+
+def test_animate_between_boards_joins_one_clip_per_pair(server):
+    """ComfyUI's native Wan2.1 first-last-frame nodes on a tiny random FLF2V checkpoint (the 14B FLF2V's
+    format: i2v, 36 input channels, FLF position embedding), one clip per pair of consecutive boards,
+    joined without repeating the shared boards: 4 + 4 + 5 frames at 16 fps for length 5."""
+    import av
+
+    prompt = _prompt(server, "dreamshot_animate_between_boards.json")
+    assert sorted(n["inputs"]["image"] for n in prompt.values() if n["class_type"] == "LoadImage") == list(BOARDS)
+    flf = [n for n in prompt.values() if n["class_type"] == "WanFirstLastFrameToVideo"]
+    assert len(flf) == len(BOARDS) - 1
+    # each pair's start and end images are consecutive boards
+    board_of = {i: n["inputs"]["image"] for i, n in prompt.items() if n["class_type"] == "LoadImage"}
+    pairs = sorted((board_of[n["inputs"]["start_image"][0]], board_of[n["inputs"]["end_image"][0]]) for n in flf)
+    assert pairs == list(zip(BOARDS, BOARDS[1:]))
+    entry = server.wait(server.queue(prompt), timeout=900)
+    [video] = [r for i, r in entry["outputs"].items() if prompt[i]["class_type"] == "SaveVideo"]
+    [saved] = video["images"]
+    with av.open(str(server.base_dir / "output" / saved["subfolder"] / saved["filename"])) as c:
+        assert Fraction(c.streams.video[0].average_rate) == 16
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    assert len(frames) == 4 + 4 + 5 and frames[0].shape == (64, 64, 3)

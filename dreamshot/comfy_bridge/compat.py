@@ -66,6 +66,17 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+# -- video ----------------------------------------------------------------------------------------
+def video_from_file(path: str):
+    """ComfyUI's VIDEO value for an MP4 on disk: ``InputImpl.VideoFromFile`` of the node API, which
+    reads the file lazily and which Save Video re-muxes without decoding (an H.264 MP4 saved as
+    auto/auto). Same constructor in 0.3.64 and in comfy_api/latest/_input_impl/video_types.py
+    @0c6cfff6 (that one adds keyword-only trim and crop, not used here)."""
+    api = node_api()
+    module = importlib.import_module(api.name)
+    return module.InputImpl.VideoFromFile(str(path))
+
+
 # -- training -------------------------------------------------------------------------------------
 @contextlib.contextmanager
 def training_mode():

@@ -32,6 +32,8 @@ import logging
 import sys
 from pathlib import Path
 
+from . import editorial
+
 log = logging.getLogger("DreamShot.generate")
 
 
@@ -82,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "folder)")
     ap.add_argument("--overwrite", action="store_true", help="replace keyframes <N>.png already in --out")
     ap.add_argument("--no-pdf", action="store_true", help="save the storyboard sheet as PNG only")
+    editorial.add_arguments(ap)
     imp = ap.add_argument_group("import a ViStoryBench story (instead of generating)")
     imp.add_argument("--import-vistory", metavar="JSON", help="the ViStoryBench JSON (vistory_dreamshot_ch_v1.json)")
     imp.add_argument("--story", dest="story_key", metavar="KEY", help="the story key to import, e.g. 01")
@@ -326,6 +329,14 @@ def main(argv: list[str] | None = None, on_chunk=None) -> int:
         return 2
     log.info("wrote %d keyframes (%d generated) and %s to %s in %.1f s", len(result["keyframes"]),
              result["generated"], result["sheet"].name, out, result["seconds"])
+    if args.animatic or args.timeline:
+        try:
+            for kind, path in editorial.write_editorial(plan.shots, result["keyframes"], out, story.title, args.fps,
+                                                        args.animatic, args.timeline).items():
+                log.info("wrote the %s %s", kind, path)
+        except (DreamShotInputError, OSError) as e:
+            log.error("%s", e)
+            return 2
     return 0
 
 

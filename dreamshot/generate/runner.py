@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from ..sheet import render_sheet, save_sheet_files
+from ..shot_timing import board_text
 from ..story import StoryPlan, encode_story
 from ..atomic import atomic_write
 from ..vistory.runner import RunSettings
@@ -115,10 +116,11 @@ def generate_storyboard(plan: StoryPlan, title: str, model, vae, clip, settings:
     keyframes = keyframe_paths(out_dir, plan.layout.num_shots, settings.variants)
     for path, image in zip(keyframes, images):
         save_keyframe(path, image)
-    # As the Storyboard Sheet node captions a sequence: prompts, characters, kept/new tags, a row per variant.
-    sheet = render_sheet(images, [s.prompt for s in plan.shots], [tuple(s.characters) for s in plan.shots],
-                         title=title, tags=[("kept" if k else "new") for k in clean] if any(clean) else None,
-                         variants=settings.variants)
+    # As the Storyboard Sheet node captions a sequence: board text, characters, kept/new tags, a row per variant.
+    board = board_text(plan.shots)
+    sheet = render_sheet(images, board.pop("captions"), [tuple(s.characters) for s in plan.shots], title=title,
+                         tags=[("kept" if k else "new") for k in clean] if any(clean) else None,
+                         variants=settings.variants, **board)
     sheet_png, sheet_pdf = save_sheet_files(sheet, str(out_dir), "storyboard", pdf=pdf, title=title or "Storyboard")
     return {"keyframes": keyframes, "sheet": Path(sheet_png), "pdf": Path(sheet_pdf) if sheet_pdf else None,
             "generated": len(plan.layout.generated_shots), "seconds": round(time.perf_counter() - start, 2)}

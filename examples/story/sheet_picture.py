@@ -1,7 +1,7 @@
 """Render README's Storyboard Sheet picture (docs/images/storyboard-sheet.png) from the example story.
 
 The Storyboard Sheet node's own layout code (dreamshot.sheet.render_sheet) lays out lighthouse.yaml's
-shots with their script text and cast; as keyframes it uses the story's hand-drawn reference images
+shots with their board text (size, camera, duration, action or prompt, dialogue, running time) and cast; as keyframes it uses the story's hand-drawn reference images
 (each shot shows its cast side by side on white). It is a picture of the sheet, not of model output.
 
     python examples/story/sheet_picture.py [--out docs/images/storyboard-sheet.png]
@@ -19,6 +19,7 @@ import torch  # noqa: E402
 from dreamshot.atomic import atomic_write  # noqa: E402
 from dreamshot.images import fit_image  # noqa: E402
 from dreamshot.sheet import render_sheet  # noqa: E402
+from dreamshot.shot_timing import board_text  # noqa: E402
 from dreamshot.story_file import read_story  # noqa: E402
 
 WIDTH, HEIGHT = 416, 240
@@ -42,8 +43,9 @@ def main() -> None:
     story = read_story(HERE / "lighthouse.yaml")
     refs = {c.name: c.images[0] for c in story.characters}
     frames = torch.stack([stand_in([refs[n] for n in shot.characters]) for shot in story.shots])
-    sheet = render_sheet(frames, [s.prompt for s in story.shots], [list(s.characters) for s in story.shots],
-                         title=story.title, columns=2)
+    board = board_text(story.shots)
+    sheet = render_sheet(frames, board.pop("captions"), [list(s.characters) for s in story.shots],
+                         title=story.title, columns=2, **board)
     atomic_write(args.out, lambda tmp: sheet.save(tmp, format="PNG", optimize=True))
 
 

@@ -31,12 +31,23 @@ CHARACTER_A = "dreamshot_character_a.png"
 CHARACTER_B = "dreamshot_character_b.png"
 FIRST_SHOT = "dreamshot_first_shot.png"
 LOCATION = "dreamshot_location.png"
-INPUT_IMAGES = (CHARACTER_A, CHARACTER_B, FIRST_SHOT, LOCATION)
+# The animate-between-boards template's inputs: a storyboard's keyframes, as DreamShot saved them.
+BOARDS = tuple(f"storyboard_shot_{j}.png" for j in range(1, 5))
+INPUT_IMAGES = (CHARACTER_A, CHARACTER_B, FIRST_SHOT, LOCATION) + BOARDS
 # The released DreamShot weights (LL3RD/DreamShot) on Wan2.1-T2V-14B, as the official runner uses them.
 DIT_14B = "wan2.1_t2v_14B_bf16.safetensors"
 SFT_LORA = "sft_lora_model.safetensors"
 RL_LORA = "rl_lora_model.safetensors"
 DISTILL_LORA = "wan2.1_t2v_14b_lora_rank64_lightx2v_4step.safetensors"
+# The example story (examples/story), as a user copies it into ComfyUI/input; and a Shot LoRA's file
+# name for the Shot LoRA template (any Wan2.1 T2V LoRA the user has in models/loras).
+STORY_FILE = "lighthouse.yaml"
+STORY_DIR = REPO / "examples" / "story"
+SHOT_LORA = "wan2.1_t2v_style_lora.safetensors"
+# ComfyUI's native Wan2.1 first-last-frame model (the 720p 14B FLF2V, repackaged by Comfy-Org).
+FLF2V = "wan2.1_flf2v_720p_14B_fp16.safetensors"
+BETWEEN_FRAMES, BETWEEN_FPS = 33, 16          # per pair: 2 s at Wan's 16 fps (length 4n + 1)
+SHOT_SCRIPT_SIZE = (340, 410)      # room for every widget (frontend 1.27 keeps a saved size as it is; Nodes 2.0 rows are taller)
 
 
 def _model_meta(name, folder):
@@ -80,7 +91,8 @@ def _shots(g: Graph, first_image=None):
         links = {"shots": prev} if prev is not None else {}
         if j == 0 and first_image is not None:
             links["image"] = first_image
-        prev = g.add("DreamShotShotScript", {"prompt": prompt, "characters": names}, pos=(720, 120 + 260 * j), **links)
+        prev = g.add("DreamShotShotScript", {"prompt": prompt, "characters": names}, pos=(720, 120 + 600 * j),
+                     size=SHOT_SCRIPT_SIZE, **links)
     return prev
 
 
@@ -121,7 +133,8 @@ def two_characters_racl() -> Graph:
         links = {"shots": prev} if prev is not None else {}
         boxes = "Mira: 0, 0, 0.5, 1; Theo: 0.5, 0, 1, 1" if "," in names else ""
         prev = g.add("DreamShotShotScript", {"prompt": prompt, "characters": names, "character_boxes": boxes},
-                     pos=(720, 120 + 300 * j), **links)
+                     pos=(720, 120 + 600 * j), size=SHOT_SCRIPT_SIZE,
+                     **links)
     seq = _pack(g, vae, clip, prev, "reference_to_shot", characters=_cast(g))
     _sample_and_save(g, model, seq, "two_characters_racl", sheet_title="Two characters, no swaps")
     return g
@@ -144,7 +157,8 @@ def scene_reference() -> Graph:
         links = {"shots": prev} if prev is not None else {}
         boxes = "Mira: 0, 0, 0.5, 1; Theo: 0.5, 0, 1, 1" if "," in names else ""
         prev = g.add("DreamShotShotScript", {"prompt": prompt, "characters": f"{names}, Bus stop",
-                                             "character_boxes": boxes}, pos=(720, 120 + 300 * j), **links)
+                                             "character_boxes": boxes}, pos=(720, 120 + 600 * j), size=SHOT_SCRIPT_SIZE,
+                     **links)
     seq = _pack(g, vae, clip, prev, "reference_to_shot", characters=cast)
     _sample_and_save(g, model, seq, "scene_reference", sheet_title="Two characters at the bus stop")
     return g
@@ -209,6 +223,83 @@ def official_14b(distill: bool = False) -> Graph:
     return g
 
 
+def story_animatic() -> Graph:
+    """The example story from Load Story through the sampler to the sheet, the animatic (Save Video) and
+    the editorial timeline; Save Story writes the story beside them (with the timing the Shot Scripts
+    carry)."""
+    g = Graph()
+    model, clip, vae = _loaders(g)
+    story = g.add("DreamShotLoadStory", {"story": STORY_FILE}, pos=(360, 520), size=(320, 140))
+    seq = g.add("DreamShotShotSequencePack", {"width": 832, "height": 480, "mode": "reference_to_shot"},
+                pos=(720, 200), vae=vae, clip=clip, shots=(story, 1), characters=(story, 0))
+    sampler = g.add("DreamShotSampler", {"seed": 42, "steps": 30, "cfg": 3.0, "sampler_name": "euler",
+                                         "scheduler": "simple", "ref_cfg": 2.0, "chunk_size": 0, "context_shots": 0},
+                    pos=(1080, 200), size=(340, 420), model=model, sequence=seq)
+    sheet = g.add("DreamShotStoryboardSheet", {"filename_prefix": "DreamShot/lighthouse"}, pos=(1460, 0),
+                  size=(420, 480), keyframes=sampler, sequence=seq)
+    animatic = g.add("DreamShotStoryboardAnimatic", {"fps": 24.0, "transition": "cut", "captions": True},
+                     pos=(1460, 520), size=(340, 420), keyframes=sampler, sequence=seq)
+    g.add("SaveVideo", {"filename_prefix": "DreamShot/lighthouse_animatic"}, pos=(1920, 520), size=(420, 420),
+          video=animatic)
+    timeline = g.add("DreamShotEditorialTimeline", {"filename_prefix": "DreamShot/lighthouse"}, pos=(1920, 0),
+                     size=(340, 260), keyframes=sampler, sequence=seq, animatic=animatic)
+    save = g.add("DreamShotSaveStory", {"filename_prefix": "DreamShot/lighthouse_story"}, pos=(360, 720),
+                 size=(320, 200), shots=(story, 1), characters=(story, 0))
+    for node in (sheet, timeline, save):     # the story's title on each ('title' is also add()'s node title)
+        node.links_in["title"] = (story, 3)
+    return g
+
+
+def shot_lora() -> Graph:
+    """A Shot LoRA (a style LoRA from models/loras) on shots 2 and 4 only; the other shots see the model
+    without it, in the same joint pass."""
+    g = Graph()
+    model, clip, vae = _loaders(g)
+    model = g.add("DreamShotShotLoRA", {"lora_name": SHOT_LORA, "strength": 1.0, "shots": "2, 4"}, pos=(720, -200),
+                  model=model)
+    seq = _pack(g, vae, clip, _shots(g), "reference_to_shot", characters=_cast(g))
+    _sample_and_save(g, model, seq, "shot_lora", sheet_title="A Shot LoRA on shots 2 and 4")
+    return g
+
+
+def animate_between_boards() -> Graph:
+    """Each pair of consecutive keyframes of a storyboard (four boards here, one Load Image each) becomes
+    a short clip with ComfyUI's native Wan2.1 first-last-frame nodes (WanFirstLastFrameToVideo ->
+    KSampler -> VAE Decode); the clips are joined (each one's last frame, which is the next one's first,
+    dropped) and saved as one video. No DreamShot node: the boards come from any DreamShot run."""
+    g = Graph()
+    unet = g.add("UNETLoader", {"unet_name": FLF2V, "weight_dtype": "default"}, pos=(0, 0),
+                 properties=_model_meta(FLF2V, "diffusion_models"))
+    clip = g.add("CLIPLoader", {"clip_name": TEXT_ENCODER, "type": "wan", "device": "default"}, pos=(0, 200),
+                 properties=_model_meta(TEXT_ENCODER, "text_encoders"))
+    vae = g.add("VAELoader", {"vae_name": VAE}, pos=(0, 360), properties=_model_meta(VAE, "vae"))
+    positive = g.add("CLIPTextEncode", {"text": "the camera moves smoothly from the first storyboard frame to the "
+                                                "next, the same characters and place, cinematic, natural motion"},
+                     pos=(360, 120), size=(400, 160), clip=clip)
+    negative = g.add("CLIPTextEncode", {"text": OFFICIAL_NEGATIVE}, pos=(360, 320), size=(400, 160), clip=clip)
+    boards = [g.add("LoadImage", {"image": name}, pos=(0, 520 + 360 * j), size=(320, 320))
+              for j, name in enumerate(BOARDS)]
+    joined = None
+    for j in range(len(boards) - 1):
+        y = 520 * j
+        flf = g.add("WanFirstLastFrameToVideo", {"width": 832, "height": 480, "length": BETWEEN_FRAMES,
+                                                 "batch_size": 1}, pos=(820, y), size=(320, 260),
+                    positive=positive, negative=(negative, 0), vae=vae, start_image=boards[j], end_image=boards[j + 1],
+                    title=f"Boards {j + 1} -> {j + 2}")
+        sampled = g.add("KSampler", {"seed": 42 + j, "steps": 20, "cfg": 5.0, "sampler_name": "uni_pc",
+                                     "scheduler": "simple", "denoise": 1.0}, pos=(1180, y), size=(320, 470),
+                        model=unet, positive=(flf, 0), negative=(flf, 1), latent_image=(flf, 2))
+        frames = g.add("VAEDecode", {}, pos=(1540, y), size=(220, 60), samples=sampled, vae=vae)
+        if j < len(boards) - 2:      # its last frame is the next clip's first: keep it once
+            frames = g.add("ImageFromBatch", {"batch_index": 0, "length": BETWEEN_FRAMES - 1}, pos=(1540, y + 120),
+                           size=(260, 100), image=frames)
+        joined = frames if joined is None else g.add("ImageBatch", {}, pos=(1820, y), size=(220, 60), image1=joined,
+                                                     image2=frames)
+    video = g.add("CreateVideo", {"fps": float(BETWEEN_FPS)}, pos=(2080, 0), size=(270, 100), images=joined)
+    g.add("SaveVideo", {"filename_prefix": "DreamShot/between_boards"}, pos=(2380, 0), size=(480, 420), video=video)
+    return g
+
+
 WORKFLOWS_BUILT = {
     "dreamshot_reference_to_shot.json": reference_to_shot,
     "dreamshot_text_to_shot.json": text_to_shot,
@@ -218,6 +309,9 @@ WORKFLOWS_BUILT = {
     "dreamshot_scene_reference.json": scene_reference,
     "dreamshot_official_14b.json": official_14b,
     "dreamshot_official_14b_4step.json": lambda: official_14b(distill=True),
+    "dreamshot_story_animatic_timeline.json": story_animatic,
+    "dreamshot_shot_lora.json": shot_lora,
+    "dreamshot_animate_between_boards.json": animate_between_boards,
 }
 
 
