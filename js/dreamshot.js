@@ -202,11 +202,15 @@ function refresh(node, force = false) {
   fitNode(node, s.autoSize ? panelHeight(s.lines) - panelHeight(Math.min(minLines, s.lines)) : 0);
 }
 
+let refreshes = 0;
+
 function refreshAll() {
   const graph = app.canvas?.graph ?? app.graph; // the (sub)graph on screen
   for (const node of graph?.nodes ?? []) {
     if (state.has(node)) refresh(node);
   }
+  // How many passes have completed: the browser test waits for passes, not for a guessed delay.
+  document.documentElement.dataset.dreamshotRefreshes = String(++refreshes);
 }
 
 // ------------------------------------------------------------------------------------- setup

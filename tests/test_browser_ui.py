@@ -341,7 +341,7 @@ def session(request, servers):
             page.goto(server.url + "/")
             page.wait_for_function("() => window.comfyAPI?.app?.app?.graph && window.LiteGraph", timeout=90_000)
             page.evaluate(WATCH_DEPRECATIONS, OUR_SCRIPTS)
-            page.wait_for_timeout(1000)
+            wait_for_panels(page)   # the extension is set up and refreshing
             started = page.evaluate(STARTED)
             assert started["version"] == (ui.version or PINNED_FRONTEND_VERSION), started
             assert started["nodes2"] == ui.nodes2 and started["extension"], started
@@ -360,16 +360,21 @@ def session(request, servers):
 ROUND_TRIP = """async ([wf, name]) => {
   const app = window.comfyAPI.app.app;
   const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+  const ticks = () => Number(document.documentElement.dataset.dreamshotRefreshes ?? 0);
+  const settle = async () => {  // two whole refresh passes of the extension after this point
+    const start = ticks(), until = Date.now() + 30000;
+    while (ticks() < start + 2) { if (Date.now() > until) throw new Error("DreamShot panels never refreshed"); await sleep(50); }
+  };
   const api = (output) => Object.fromEntries(Object.entries(output).map(
     ([id, n]) => [id, {class_type: n.class_type, inputs: n.inputs}]));
   const out = {};
   await app.loadGraphData(wf, true, true, name, {showMissingModelsDialog: false});
-  await sleep(300);
+  await settle();
   let p = await app.graphToPrompt();
   out.loaded = api(p.output);
   out.saved = JSON.parse(JSON.stringify(p.workflow));
   await app.loadGraphData(out.saved, true, true, `${name}-saved`, {showMissingModelsDialog: false});
-  await sleep(300);
+  await settle();
   p = await app.graphToPrompt();
   out.reloaded = api(p.output);
   out.resaved = JSON.parse(JSON.stringify(p.workflow));
@@ -393,6 +398,14 @@ DESCRIBE = """() => {
     panelInDocument: !!n.widgets?.find((w) => w.name?.startsWith("dreamshot_"))?.element?.isConnected,
   }));
 }"""
+
+
+def wait_for_panels(page) -> None:
+    """Until the extension has completed two refresh passes of its panels (it refreshes them every
+    500 ms: one pass may have begun before the change), however slow the machine."""
+    start = page.evaluate("() => Number(document.documentElement.dataset.dreamshotRefreshes ?? 0)")
+    page.wait_for_function("(start) => Number(document.documentElement.dataset.dreamshotRefreshes ?? 0) >= start + 2",
+                           arg=start, timeout=30_000)
 
 
 def shot(page, folder: Path, name: str, focus_type: str | None = None) -> Path:
@@ -459,7 +472,7 @@ def test_bundled_workflow_round_trip(session, screenshots, path):
     session.console.take()
     expected = ui_to_api(wf, session.object_info)
     out = page.evaluate(ROUND_TRIP, [wf, path.stem])
-    page.wait_for_timeout(900)      # the extension refreshes its panels every 500 ms
+    wait_for_panels(page)
     nodes = page.evaluate(DESCRIBE)
     errors = session.console.take()
     shot(page, screenshots, f"{session.ui.id}-{path.stem}", focus_type="DreamShotShotSequencePack")
@@ -515,7 +528,7 @@ def test_a_workflow_saved_before_shot_timing_still_loads(session, screenshots):
     assert {len(n["widgets_values"]) for n in old["nodes"] if n["type"] == "DreamShotShotScript"} == {5}
     session.console.take()
     out = page.evaluate(ROUND_TRIP, [old, OLD_WORKFLOW.stem])
-    page.wait_for_timeout(900)
+    wait_for_panels(page)
     nodes = page.evaluate(DESCRIBE)
     errors = session.console.take()
     shot(page, screenshots, f"{session.ui.id}-old-workflow", focus_type="DreamShotShotScript")
@@ -534,6 +547,11 @@ def test_a_workflow_saved_before_shot_timing_still_loads(session, screenshots):
 BUILD = """async () => {
   const app = window.comfyAPI.app.app, LG = window.LiteGraph;
   const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+  const ticks = () => Number(document.documentElement.dataset.dreamshotRefreshes ?? 0);
+  const settle = async () => {  // two whole refresh passes of the extension after this point
+    const start = ticks(), until = Date.now() + 30000;
+    while (ticks() < start + 2) { if (Date.now() > until) throw new Error("DreamShot panels never refreshed"); await sleep(50); }
+  };
   const sockets = (n) => n.inputs.map((input, slot) => [input, slot]).filter(([input]) => !input.widget)
     .map(([input, slot]) => input.name + (n.isInputConnected(slot) ? "*" : ""));
   const links = async (id) => Object.fromEntries(Object.entries((await app.graphToPrompt()).output[String(id)].inputs)
@@ -573,7 +591,7 @@ BUILD = """async () => {
   // save and reload: the sockets and their links come back, in order
   const saved = JSON.parse(JSON.stringify((await app.graphToPrompt()).workflow));
   await app.loadGraphData(saved, true, true, "dreamshot-roundtrip", {showMissingModelsDialog: false});
-  await sleep(100);
+  await settle();
   const pack2 = app.graph.getNodeById(pack.id);
   out.afterReload = sockets(pack2);
   out.reloadLinks = await links(pack.id);
@@ -582,7 +600,7 @@ BUILD = """async () => {
   out.samplerId = String(sampler.id);
   app.canvas.ds.scale = 1; app.canvas.ds.offset = [0, 0];
   app.graph.setDirtyCanvas(true, true);
-  await sleep(700);
+  await settle();
   const list = app.graph.getNodeById(sampler.id).widgets.find((w) => w.name === "dreamshot_shot_list").element;
   out.list = [...list.querySelectorAll(".dreamshot-shot-text")].map((e) => e.textContent);
   out.injected = document.querySelectorAll(".dreamshot-panel img, .dreamshot-panel b").length;
@@ -596,14 +614,19 @@ BUILD = """async () => {
 LOCKS = """async (packId) => {
   const app = window.comfyAPI.app.app;
   const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+  const ticks = () => Number(document.documentElement.dataset.dreamshotRefreshes ?? 0);
+  const settle = async () => {  // two whole refresh passes of the extension after this point
+    const start = ticks(), until = Date.now() + 30000;
+    while (ticks() < start + 2) { if (Date.now() > until) throw new Error("DreamShot panels never refreshed"); await sleep(50); }
+  };
   const pack = app.graph.getNodeById(packId);
   const locks = pack.widgets.find((w) => w.name === "dreamshot_locks").element;
   const lockWidget = pack.widgets.find((w) => w.name === "lock_shots");
   const pressed = () => [...locks.querySelectorAll("button")].map((x) => x.getAttribute("aria-pressed"));
   const out = {locks1: [lockWidget.value, pressed(), locks.textContent]};
   pack.widgets.find((w) => w.name === "mode").value = "edit";
-  lockWidget.value = "1";
-  await sleep(700);
+  lockWidget.value = "1";   // set directly: no callback fires, the periodic refresh shows it
+  await settle();
   out.locks2 = [lockWidget.value, pressed(), locks.textContent];
   out.promptLock = (await app.graphToPrompt()).output[String(packId)].inputs.lock_shots;
   return out;
@@ -655,7 +678,8 @@ def test_dynamic_sockets_locks_and_escaping(session, screenshots):
 
     # The lock toggles take a real mouse click where the node shows them.
     page.locator(".dreamshot-locks button").nth(1).click()
-    page.wait_for_timeout(50)
+    page.wait_for_function("""(packId) => window.comfyAPI.app.app.graph.getNodeById(packId)
+        .widgets.find((w) => w.name === "lock_shots").value === "2" """, arg=out["packId"], timeout=30_000)
     out.update(page.evaluate(LOCKS, out["packId"]))
     shot(page, screenshots, f"{session.ui.id}-interaction", focus_type="DreamShotShotSequencePack")
     out.update(page.evaluate(SHRINK, [out["packId"], out["samplerId"]]))
@@ -696,7 +720,10 @@ RUN_SHEET = """async ([image, count]) => {
     entry = Object.entries(history).find(([id, e]) => !before.includes(id) && e.status?.completed !== undefined
                                          && (e.status.completed || e.status.status_str === "error"))?.[1] ?? null;
   }
-  await sleep(800);
+  // the preview: fetched and decoded after the execution message (polled, up to 30 s)
+  for (let i = 0; i < 300 && entry && !((sheet.imgs ?? []).length && sheet.imgs.every((img) => img.complete)); i++) {
+    await sleep(100);
+  }
   app.canvas.ds.scale = 1; app.canvas.ds.offset = [20, 0]; app.graph.setDirtyCanvas(true, true);
   return {status: entry?.status?.status_str ?? "timeout", messages: JSON.stringify(entry?.status?.messages ?? []).slice(-2000),
           outputs: entry?.outputs?.[String(sheet.id)] ?? null,
