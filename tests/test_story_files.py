@@ -224,15 +224,15 @@ HOSTILE = [
 
 @pytest.mark.parametrize("name, content, expected", HOSTILE, ids=[h[0] for h in HOSTILE])
 def test_hostile_files_are_refused_with_file_line_in_bounded_memory(tmp_path, name, content, expected):
-    from support.guards import traced_peak, wall_guard
+    from support.guards import hang_guard, traced_peak
 
     path = tmp_path / name
     path.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
-    with wall_guard(30, f"reading {name}"):
+    with hang_guard(30, 300, f"reading {name}"):
         peak, outcome = traced_peak(read_story, path)
     assert isinstance(outcome, DreamShotInputError), outcome
     assert expected in str(outcome), str(outcome)[:600]
-    assert peak < 16 * 2 ** 20, f"{peak / 2 ** 20:.1f} MiB of Python heap to refuse {name}"
+    assert peak < 32 * 2 ** 20, f"{peak / 2 ** 20:.1f} MiB of Python heap to refuse {name}"
 
 
 def test_limits_leave_room_for_large_real_stories(story_dir):
@@ -479,7 +479,7 @@ def test_load_story_refuses_the_alias_bomb_at_once(pack_nodes, folders):
     """Issue 23: this file held ComfyUI's server for 147 s (9 levels; 10 would exhaust the memory).
     Load Story now refuses it, naming itself, the file and the line, before building anything large:
     measured as Python heap (tracemalloc), not time; the wall guard only detects a hang."""
-    from support.guards import traced_peak, wall_guard
+    from support.guards import hang_guard, traced_peak
 
     inp, _ = folders
     errors = __import__(pack_nodes["DreamShotSampler"].__module__.rsplit(".nodes.", 1)[0] + ".dreamshot.errors",
@@ -488,7 +488,7 @@ def test_load_story_refuses_the_alias_bomb_at_once(pack_nodes, folders):
     for levels in (9, 10):
         (inp / f"bomb{levels}.yaml").write_text(alias_bomb(levels), encoding="utf-8")
         assert f"bomb{levels}.yaml" in load.GET_NODE_INFO_V1()["input"]["required"]["story"][1]["options"]
-        with wall_guard(30, "Load Story on the alias bomb"):
+        with hang_guard(30, 300, "Load Story on the alias bomb"):
             peak, outcome = traced_peak(run_node, load, story=f"bomb{levels}.yaml")
             fingerprint = load.fingerprint_inputs(story=f"bomb{levels}.yaml")
         assert isinstance(outcome, errors.DreamShotInputError), outcome
