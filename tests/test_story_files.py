@@ -219,6 +219,9 @@ HOSTILE = [
     ("refs.yaml", "characters:\n  - name: A\n    reference: [" + ", ".join(["a.png"] * 65) + "]\nshots: [{prompt: a}]\n",
      "refs.yaml:3: characters[0].reference: 65 images; at most 64"),
     ("top.yaml", "[1, 2]\n", "top.yaml:1: (top): expected a mapping"),
+    # JSON that YAML cannot read for line numbers (a key over 1024 characters): bounded all the same
+    ("longkey.json", '{"' + "k" * 2000 + '": 1,\n "shots": ' + "[" * 40 + "]" * 40 + "}",
+     "longkey.json:2: values nested more than 32 deep"),
 ]
 
 
@@ -233,6 +236,12 @@ def test_hostile_files_are_refused_with_file_line_in_bounded_memory(tmp_path, na
     assert isinstance(outcome, DreamShotInputError), outcome
     assert expected in str(outcome), str(outcome)[:600]
     assert peak < 32 * 2 ** 20, f"{peak / 2 ** 20:.1f} MiB of Python heap to refuse {name}"
+
+
+def test_json_yaml_cannot_read_still_names_fields(story_dir):
+    text = '{"' + "k" * 2000 + '": 1,\n "shots": [{"prompt": "a", "seed": -1}]}'
+    message = errors_of(story_dir, text, "bad.json")
+    assert "\n  bad.json: shots[0].seed: expected a whole number" in message   # the field, no line
 
 
 def test_limits_leave_room_for_large_real_stories(story_dir):
