@@ -43,7 +43,7 @@ class FieldChecker:
                 return self.lines[path]
             cut = max(path.rfind("."), path.rfind("["))
             path = path[:cut] if cut > 0 else ""
-        return None
+        return self.lines.get("(top)")     # a missing top-level field: the document's line, where known
 
     def bad(self, fieldname: str, problem: str) -> None:
         line = self.line(fieldname)
@@ -60,13 +60,17 @@ class FieldChecker:
             self.bad(fieldname, f"{value!r} must be relative to the {self.folder}, without '..'")
             return None
         full = self.root / p
-        if self.confine is not None:
-            confine = os.path.realpath(self.confine)
-            if os.path.commonpath([os.path.realpath(full), confine]) != confine:
-                self.bad(fieldname, f"{value!r} leads out of {confine} (a link)")
-                return None
-        if self.check_files and not full.is_file():
-            self.bad(fieldname, f"file {value!r} not found in {self.root}")
+        try:   # a NUL character or a name too long for the system: ValueError / OSError, named here
+            if self.confine is not None:
+                confine = os.path.realpath(self.confine)
+                if os.path.commonpath([os.path.realpath(full), confine]) != confine:
+                    self.bad(fieldname, f"{value!r} leads out of {confine} (a link)")
+                    return None
+            if self.check_files and not full.is_file():
+                self.bad(fieldname, f"file {value!r} not found in {self.root}")
+        except (OSError, ValueError) as e:
+            self.bad(fieldname, f"{value[:200]!r} cannot be a file name here ({getattr(e, 'strerror', None) or e})")
+            return None
         return str(p)
 
     def string(self, fieldname: str, value, required: bool = False) -> str:

@@ -13,11 +13,35 @@ from PIL import Image, ImageOps
 from .errors import DreamShotInputError
 
 FIT_METHODS = ("pad_white", "crop", "stretch", "error")
+# The most pixels one image file may have (8192 x 8192; a 48-megapixel photo fits): checked from the
+# header before decoding, so a small file claiming a huge image (a decompression bomb) costs nothing.
+# PIL's own bound (Image.MAX_IMAGE_PIXELS, process-wide and ComfyUI's too) is left as it is.
+MAX_IMAGE_PIXELS = 8192 * 8192
+
+
+def _too_large(path, input_name: str, size: str) -> DreamShotInputError:
+    return DreamShotInputError(input_name, f"the image '{path}' is {size}: more than "
+                               f"{MAX_IMAGE_PIXELS // 1_000_000} megapixels ({MAX_IMAGE_PIXELS} pixels).",
+                               "scale it down first (a storyboard frame is about 1 megapixel).")
+
+
+def image_pixels(path: str | Path, input_name: str = "image") -> int:
+    """Width x height from the file's header, nothing decoded (a budget check before loading)."""
+    try:
+        with Image.open(path) as im:
+            return im.width * im.height
+    except Image.DecompressionBombError:
+        raise _too_large(path, input_name, "far too large") from None
+    except (OSError, ValueError, EOFError) as e:
+        raise DreamShotInputError(input_name, f"cannot read the image '{path}' ({e}).",
+                                  "replace the file with a readable PNG, JPEG or WebP.") from e
 
 
 def _read_rgb(path: str | Path, background: int, input_name: str) -> torch.Tensor:
     try:
-        with Image.open(path) as im:
+        with Image.open(path) as im:   # reads the header only
+            if im.width * im.height > MAX_IMAGE_PIXELS:
+                raise _too_large(path, input_name, f"{im.width}x{im.height}")
             im = ImageOps.exif_transpose(im)  # upright, as ComfyUI's Load Image shows it
             if im.mode.startswith("I"):  # 16/32-bit greyscale: ComfyUI's Load Image scaling
                 im = im.point(lambda v: v * (1 / 255)).convert("L")
@@ -25,11 +49,16 @@ def _read_rgb(path: str | Path, background: int, input_name: str) -> torch.Tenso
                 im = im.convert("RGBA")
                 under = Image.new("RGBA", im.size, (background,) * 3 + (255,))
                 im = Image.alpha_composite(under, im)
-            rgb = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
+            rgb = np.asarray(im.convert("RGB"), dtype=np.float32)   # a new array: divided in place
+            rgb /= 255.0
+    except Image.DecompressionBombError:   # PIL's own bound (2x its MAX_IMAGE_PIXELS), also from the header
+        raise _too_large(path, input_name, "far too large") from None
+    except DreamShotInputError:
+        raise
+    except (OSError, ValueError, EOFError) as e:
         raise DreamShotInputError(input_name, f"cannot read the image '{path}' ({e}).",
                                   "replace the file with a readable PNG, JPEG or WebP.") from e
-    return torch.from_numpy(rgb.copy())
+    return torch.from_numpy(rgb)
 
 
 def load_image(path: str | Path, input_name: str = "image") -> torch.Tensor:

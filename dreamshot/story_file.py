@@ -31,7 +31,9 @@ Format (version 1; docs/story-files.md is the reference)::
 Paths are relative to the folder holding the story file, ``/``-separated; absolute paths, ``..`` and
 links leading out of the allowed folder (ComfyUI's input folder for Load Story) are refused. Unknown
 keys are refused (a typo would silently drop data). Every problem is listed at once as
-``FILE:LINE: field: problem``; YAML and JSON are read with yaml.safe_load / json.loads only.
+``FILE:LINE: field: problem``; YAML and JSON are read with yaml's SafeLoader / json.loads only, within
+the bounds of dreamshot/story_limits.py (file size, nesting, aliases, text, counts, pixels), checked
+before anything in the file is expanded.
 """
 
 from __future__ import annotations
@@ -51,11 +53,12 @@ from PIL import Image
 
 from .errors import DreamShotInputError
 from .field_checks import FieldChecker
-from .images import fit_image, fit_mask, load_image, load_mask
+from .images import fit_image, fit_mask, image_pixels, load_image, load_mask
 from .modes import Mode
 from .sheet import publish_new, safe_stem, write_temp
 from .shot_timing import DEFAULT_DURATION, duration_problem, parse_camera
 from .story import REFERENCE_KINDS, Character, Shot
+from .story_limits import MAX_IMAGES, MAX_STORY_PIXELS, SourceRefused, count_problems, load_file, load_yaml_text
 from .atomic import atomic_write
 
 FORMAT = "dreamshot-story"
@@ -63,6 +66,7 @@ FORMAT_VERSION = 1
 STORY_SUFFIXES = (".yaml", ".yml", ".json")
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
 MAX_SHOWN = 25
+MAX_PROBLEM_CHARS = 500     # one listed problem (a value quoted in it is cut)
 DOCS = "docs/story-files.md"
 _TOP_KEYS = {"format", "version", "title", "settings", "characters", "shots"}
 _CHAR_KEYS = {"name", "kind", "reference", "mask", "description"}
@@ -176,24 +180,26 @@ class Story:
         return Mode.REFERENCE_TO_SHOT if self.characters else Mode.TEXT_TO_SHOT
 
 
+def _clip(problem: str) -> str:
+    return problem if len(problem) <= MAX_PROBLEM_CHARS else problem[:MAX_PROBLEM_CHARS - 5] + " ...)"
+
+
 def _fail(path: Path, problems: list[str]) -> DreamShotInputError:
     more = f"\n  ... and {len(problems) - MAX_SHOWN} more" if len(problems) > MAX_SHOWN else ""
+    shown = [_clip(p) for p in problems[:MAX_SHOWN]]
     return DreamShotInputError(
-        "story", f"{len(problems)} problem(s) in the story file {path.name}:\n  " + "\n  ".join(problems[:MAX_SHOWN])
+        "story", f"{len(problems)} problem(s) in the story file {path.name}:\n  " + "\n  ".join(shown)
         + more + "\n", f"correct the listed fields (FILE:LINE: field: problem; shots[0] is the first shot); the format "
         f"is described in {DOCS}.")
 
 
 # ----------------------------------------------------------------------------------------- reading
-def _source_lines(text: str, name: str) -> tuple[dict[str, int], list[str]]:
-    """Field path -> 1-based line, from YAML's marks (JSON is YAML enough for this; a file it cannot
-    compose gets no line numbers), and the keys given twice (both loaders keep the last silently)."""
+def _source_lines(root, name: str) -> tuple[dict[str, int], list[str]]:
+    """Field path -> 1-based line, from the marks of YAML's node graph ``root`` (story_limits composes
+    JSON as YAML for this; None: no line numbers), and the keys given twice (both loaders keep the
+    last silently)."""
     import yaml
 
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
-        return {}, []
     lines: dict[str, int] = {}
     twice: list[str] = []
     seen: set[int] = set()
@@ -220,33 +226,17 @@ def _source_lines(text: str, name: str) -> tuple[dict[str, int], list[str]]:
                 walk(item, sub)
 
     if root is not None:
+        lines["(top)"] = root.start_mark.line + 1
         walk(root, "")
     return lines, twice
 
 
 def _load_source(path: Path) -> tuple[Any, dict[str, int], list[str]]:
-    name = path.name
     try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise _fail(path, [f"{name}: not UTF-8 text ({e.reason} at byte {e.start})"]) from None
-    if path.suffix.lower() == ".json":
-        try:
-            raw = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise _fail(path, [f"{name}:{e.lineno}:{e.colno}: not valid JSON: {e.msg}"]) from None
-    else:
-        import yaml
-
-        try:
-            raw = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f"{name}:{mark.line + 1}:{mark.column + 1}" if mark is not None else name
-            problem = getattr(e, "problem", None) or str(e)
-            context = getattr(e, "context", None)
-            raise _fail(path, [f"{where}: not valid YAML: {problem}" + (f" ({context})" if context else "")]) from None
-    lines, twice = _source_lines(text, name)
+        raw, root = load_file(path)     # every bound of story_limits checked before anything expands
+    except SourceRefused as e:
+        raise _fail(path, [e.problem]) from None
+    lines, twice = _source_lines(root, path.name)
     return raw, lines, twice
 
 
@@ -421,19 +411,14 @@ def check_shot_lora_scopes(chk: FieldChecker, settings: StorySettings, shot_char
 
 def parse_settings_text(text: str, input_name: str = "settings") -> StorySettings:
     """Settings written as YAML (``width: 832`` lines, or a JSON object): Save Story's input."""
-    import yaml
-
     if not (text or "").strip():
         return StorySettings()
     fix = f"write one setting per line as 'name: value' ({', '.join(SETTINGS)}; see {DOCS})."
     try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}: " if mark is not None else ""
-        raise DreamShotInputError(input_name, f"{where}not valid YAML: {getattr(e, 'problem', None) or e}.",
-                                  fix) from None
-    lines, _ = _source_lines(text, input_name)
+        raw, root = load_yaml_text(text, input_name)
+    except SourceRefused as e:
+        raise DreamShotInputError(input_name, _clip(e.problem) + ".", fix) from None
+    lines, _ = _source_lines(root, input_name)
     chk = FieldChecker(input_name, Path("."), False, lines={f"settings.{k}": v for k, v in lines.items()})
     settings = parse_settings(chk, raw)
     if chk.problems:
@@ -605,6 +590,11 @@ def _parse(path: Path, confine: Path | None):
         chk.bad("(top)", "expected a mapping with 'shots' (and title, settings, characters)"
                 + (", but the file is empty" if raw is None else f", got {type(raw).__name__}"))
         raise _fail(path, chk.problems)
+    too_many = count_problems(raw)      # before any entry is looked at
+    if too_many:
+        for field, problem in too_many:
+            chk.bad(field, problem)
+        raise _fail(path, chk.problems)
     chk.unknown("", raw, _TOP_KEYS)
     if "format" in raw and raw["format"] != FORMAT:
         chk.bad("format", f"expected {FORMAT!r}, got {raw['format']!r}")
@@ -626,6 +616,30 @@ def _parse(path: Path, confine: Path | None):
     if not chk.problems:
         check_shot_lora_scopes(chk, settings, [s.characters for s in shots])
     return chk, title, settings, characters, shots
+
+
+def _check_images(chk: FieldChecker, char_entries: list[_CharacterEntry], shot_entries: list[_ShotEntry]) -> None:
+    """Before any image is decoded: how many the story names and their pixels together (from the
+    files' headers), every mention counted, as each is loaded."""
+    named = [(_field(c.field, key, paths, k), p) for c in char_entries
+             for key, paths in (("reference", c.references), ("mask", c.masks)) for k, p in enumerate(paths) if p]
+    named += [(f"{s.field}.image", s.image) for s in shot_entries if s.image]
+    named += [(f"{s.field}.masks.{name}", rel) for s in shot_entries for name, rel in s.masks]
+    if len(named) > MAX_IMAGES:
+        chk.bad(named[MAX_IMAGES][0], f"the story names {len(named)} images; at most {MAX_IMAGES} (split it "
+                "into several files)")
+        return
+    total = 0
+    for field, rel in named:
+        try:
+            total += image_pixels(chk.root / rel, field)
+        except DreamShotInputError as e:
+            chk.bad(field, e.problem.rstrip("."))
+            continue
+        if total > MAX_STORY_PIXELS:
+            chk.bad(field, f"the story's images add up to more than {MAX_STORY_PIXELS // 1_000_000} megapixels "
+                    f"by this one ({total // 1_000_000}); scale them down (a storyboard frame is about 1 megapixel)")
+            return
 
 
 def _read(chk: FieldChecker, field: str, rel: str, mask: bool = False) -> torch.Tensor | None:
@@ -687,6 +701,9 @@ def read_story(path: str | Path, confine: str | Path | None = None) -> Story:
     """
     path = Path(path)
     chk, title, settings, char_entries, shot_entries = _parse(path, None if confine is None else Path(confine))
+    if chk.problems:
+        raise _fail(path, chk.problems)
+    _check_images(chk, char_entries, shot_entries)
     if chk.problems:
         raise _fail(path, chk.problems)
     characters = [_load_character(chk, c) for c in char_entries]

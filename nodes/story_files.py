@@ -61,10 +61,12 @@ class LoadStory(io.ComfyNode):
             files = story_files_used(_story_path(story), folder_paths.get_input_directory())
         except (DreamShotInputError, OSError) as e:     # execute reports it; rerun when it changes
             return f"error: {e}"
-        for path in files:
+        for path in dict.fromkeys(files):     # each file once, however often the story names it
             digest.update(str(path).encode() + b"\0")
             try:
-                digest.update(path.read_bytes())
+                with open(path, "rb") as f:      # in blocks: a large image is never held whole
+                    while block := f.read(1 << 20):
+                        digest.update(block)
             except OSError as e:
                 digest.update(str(e).encode())
         return digest.hexdigest()

@@ -66,3 +66,43 @@ def test_no_other_module_opens_image_files():
     opens = [str(p.relative_to(REPO)) for p in sorted((REPO / "dreamshot").rglob("*.py"))
              if re.search(r"Image\.open\(", p.read_text()) and p.name != "images.py"]
     assert opens == [], f"open image files through dreamshot.images.load_image/load_mask: {opens}"
+
+
+def png_header_only(path: Path, width: int, height: int) -> None:
+    """A valid PNG signature and IHDR claiming width x height RGB, then a few bytes of image data: a
+    few dozen bytes that a decoder would expand to width * height * 3 bytes (a decompression bomb)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("width, height, needle", [
+    (9000, 9000, "is 9000x9000: more than 67 megapixels"),        # above our bound, below PIL's
+    (30000, 30000, "is far too large: more than 67 megapixels"),  # above PIL's own (DecompressionBombError)
+])
+def test_huge_images_are_refused_from_the_header(tmp_path, width, height, needle):
+    from support.guards import traced_peak
+
+    from dreamshot.images import MAX_IMAGE_PIXELS, image_pixels
+
+    png_header_only(tmp_path / "bomb.png", width, height)
+    for read in (load_image, load_mask):
+        peak, outcome = traced_peak(read, tmp_path / "bomb.png", "reference")
+        assert isinstance(outcome, DreamShotInputError) and needle in str(outcome), outcome
+        assert "input 'reference'" in str(outcome) and "scale it down" in str(outcome)
+        assert peak < 2 ** 20                       # nothing decoded
+    if width * height < 2 * Image.MAX_IMAGE_PIXELS:
+        assert image_pixels(tmp_path / "bomb.png") == width * height > MAX_IMAGE_PIXELS
+
+
+def test_a_truncated_image_names_the_input(tmp_path):
+    Image.fromarray(np.full((64, 64, 3), 7, np.uint8)).save(tmp_path / "ok.png")
+    data = (tmp_path / "ok.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DreamShotInputError, match=r"input 'mask'.*cannot read the image"):
+        load_mask(tmp_path / "cut.png")

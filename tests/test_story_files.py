@@ -193,6 +193,111 @@ def test_every_problem_is_listed_at_once(story_dir):
     assert "characters[1].kind" in message and "shots[0].seed" in message
 
 
+# -- hostile files: read or refused with FILE:LINE before anything large is built (issue 23) --------
+def alias_bomb(levels: int) -> str:
+    """The file of issue 23: shots[0].characters is ``levels`` levels of nine aliases, 9**levels
+    names once expanded (9 levels: ~500 bytes here; it took the old parser 86 s and 6.4 GB)."""
+    anchors = ["&a0 [" + ", ".join(["Mira"] * 9) + "]"]
+    anchors += [f"&a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, levels - 1)]
+    return ("characters:\n  - name: Mira\n    reference: refs/mira.png\n    description: [" + ", ".join(anchors)
+            + "]\nshots:\n  - prompt: a\n    characters: [" + ", ".join([f"*a{levels - 2}"] * 9) + "]\n")
+
+
+def merge_bomb(levels: int) -> str:
+    """The same through YAML merge keys (<<), which the loader itself copies."""
+    maps = ["m0: &m0 {" + ", ".join(f"k{i}: {i}" for i in range(9)) + "}"]
+    maps += [f"m{i}: &m{i} {{<<: [" + ", ".join([f"*m{i - 1}"] * 9) + "]}" for i in range(1, levels)]
+    return "title: x\nsettings:\n  " + "\n  ".join(maps) + "\nshots: [{prompt: a}]\n"
+
+
+def shots_yaml(n: int) -> str:
+    return "shots:\n" + "".join(f"  - prompt: shot {j}\n" for j in range(n))
+
+
+HOSTILE = [
+    ("bomb9.yaml", alias_bomb(9), "bomb9.yaml:4: this value expands to"),
+    ("bomb12.yaml", alias_bomb(12), "bomb12.yaml:4: this value expands to"),
+    ("merge.yaml", merge_bomb(9), "merge.yaml:7: this value expands to"),
+    ("loop.yaml", "shots: &s [{prompt: a}, *s]\n", "loop.yaml:1: the alias *s is used inside the value it names"),
+    ("flow.yaml", "shots: " + "[" * 100_000 + "\n", "flow.yaml:1: values nested more than 32 deep"),
+    ("block.yaml", "shots:\n" + "".join("  " * i + "- \n" for i in range(100)),
+     "block.yaml:33: values nested more than 32 deep"),
+    ("deep.json", '{"shots": ' + "[" * 100_000 + "]" * 100_000 + "}", "deep.json:1: values nested more than 32 deep"),
+    ("deep500.json", '{"shots":\n' + "[" * 500 + "]" * 500 + "}", "deep500.json:2: values nested more than 32 deep"),
+    ("number.yaml", "shots:\n  - prompt: a\n    seed: " + "9" * 150 + "\n", "number.yaml:3: a number of 150 characters"),
+    ("number.json", '{"shots": [\n{"prompt": "a", "seed": ' + "9" * 5000 + "}]}",
+     "number.json:2: a number of 5000 characters"),
+    ("text.yaml", "shots:\n  - prompt: " + "x" * 30_000 + "\n", "text.yaml:2: a text of 30000 characters"),
+    ("date.yaml", "shots:\n  - prompt: a\n    seed: 2024-02-30\n",
+     "date.yaml:3:11: not valid YAML: cannot read '2024-02-30' as timestamp"),
+    ("latin1.yaml", "title: x\nshots:\n  - prompt: caf\xe9\n".encode("latin-1"),
+     "latin1.yaml:3:16: not UTF-8 text"),
+    ("control.yaml", "title: x\nshots: [{prompt: \"a\x07\"}]\n", "control.yaml:2: not valid YAML: special characters"),
+    ("large.yaml", shots_yaml(15_000), "large.yaml: the file is larger than 256 KiB"),
+    ("values.yaml", "shots: [" + ", ".join(["1"] * 20_000) + "]\n", "values.yaml:1: more than 16000 values"),
+    ("shots.yaml", shots_yaml(501), "shots.yaml:1: shots: 501 shots; at most 500"),
+    ("refs.yaml", "characters:\n  - name: A\n    reference: [" + ", ".join(["a.png"] * 65) + "]\nshots: [{prompt: a}]\n",
+     "refs.yaml:3: characters[0].reference: 65 images; at most 64"),
+    ("top.yaml", "[1, 2]\n", "top.yaml:1: (top): expected a mapping"),
+    # JSON that YAML cannot read for line numbers (a key over 1024 characters): bounded all the same
+    ("longkey.json", '{"' + "k" * 2000 + '": 1,\n "shots": ' + "[" * 40 + "]" * 40 + "}",
+     "longkey.json:2: values nested more than 32 deep"),
+]
+
+
+@pytest.mark.parametrize("name, content, expected", HOSTILE, ids=[h[0] for h in HOSTILE])
+def test_hostile_files_are_refused_with_file_line_in_bounded_memory(tmp_path, name, content, expected):
+    from support.guards import hang_guard, traced_peak
+
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
+    with hang_guard(30, 300, f"reading {name}"):
+        peak, outcome = traced_peak(read_story, path)
+    assert isinstance(outcome, DreamShotInputError), outcome
+    assert expected in str(outcome), str(outcome)[:600]
+    assert peak < 32 * 2 ** 20, f"{peak / 2 ** 20:.1f} MiB of Python heap to refuse {name}"
+
+
+def test_json_yaml_cannot_read_still_names_fields(story_dir):
+    text = '{"' + "k" * 2000 + '": 1,\n "shots": [{"prompt": "a", "seed": -1}]}'
+    message = errors_of(story_dir, text, "bad.json")
+    assert "\n  bad.json: shots[0].seed: expected a whole number" in message   # the field, no line
+
+
+def test_limits_leave_room_for_large_real_stories(story_dir):
+    """A 400-shot story with three characters each, boxes and aliases (one box list reused) reads."""
+    shot = "  - prompt: Mira and Station, shot {j}, a long prompt " + "word " * 60 + "\n" \
+           "    characters: [Mira, Station]\n    boxes: {{Mira: *box}}\n"
+    text = STORY_YAML.split("shots:")[0] + "shots:\n  - prompt: first\n    characters: [Mira]\n" \
+        "    boxes: {Mira: &box [0.1, 0.2, 0.5, 1]}\n" + "".join(shot.format(j=j) for j in range(400))
+    (story_dir / "long.yaml").write_text(text, encoding="utf-8")
+    story = read_story(story_dir / "long.yaml")
+    assert len(story.shots) == 401 and story.shots[400].regions == (("Mira", (0.1, 0.2, 0.5, 1.0)),)
+
+
+def test_settings_text_is_bounded_too():
+    with pytest.raises(DreamShotInputError, match=r"input 'settings': settings:1: values nested more than 32 deep"):
+        parse_settings_text("width: " + "[" * 10_000)
+    levels = "".join(f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]\n" for i in range(1, 9))
+    with pytest.raises(DreamShotInputError, match=r"input 'settings': settings:5: this value expands to 66430 "):
+        parse_settings_text("l0: &l0 [a, a, a, a, a, a, a, a, a]\n" + levels)   # l4 (line 5): ~9^5 values
+
+
+def test_the_images_are_counted_and_measured_before_any_is_decoded(story_dir, monkeypatch):
+    import dreamshot.story_file as story_file
+
+    # 40x24 + 32x48 + 32x48 + 32x32 + the mask 40x24 pixels: a budget just below them all
+    monkeypatch.setattr(story_file, "MAX_STORY_PIXELS", 40 * 24 * 2 + 32 * 48 * 2 + 32 * 32 - 1)
+    decoded = []
+    monkeypatch.setattr(story_file, "load_image", lambda *a, **k: decoded.append(a) or pixels(8, 8, 0))
+    monkeypatch.setattr(story_file, "load_mask", lambda *a, **k: decoded.append(a) or pixels(8, 8, 0, channels=0))
+    message = errors_of(story_dir, STORY_YAML)
+    assert "bad.yaml:18: shots[1].image: the story's images add up to more than" in message
+    monkeypatch.setattr(story_file, "MAX_IMAGES", 4)
+    assert "bad.yaml:18: shots[1].image: the story names 5 images; at most 4" in errors_of(story_dir, STORY_YAML)
+    assert decoded == []
+
+
 @pytest.mark.parametrize("path, needle", [
     ("/etc/passwd", "'/etc/passwd' must be relative to the story file's folder, without '..'"),
     ("../outside.png", "'../outside.png' must be relative to the story file's folder, without '..'"),
@@ -406,6 +511,29 @@ def test_the_nodes_name_themselves_in_errors(pack_nodes, N, folders):
     with pytest.raises(errors.DreamShotInputError, match=r"Load Story: input 'story': 1 problem\(s\) in the story "
                                                          r"file bad.yaml:\n  bad.yaml:3: shots\[0\].seed"):
         run_node(pack_nodes["DreamShotLoadStory"], story="bad.yaml")
+
+
+def test_load_story_refuses_the_alias_bomb_at_once(pack_nodes, folders):
+    """Issue 23: this file held ComfyUI's server for 147 s (9 levels; 10 would exhaust the memory).
+    Load Story now refuses it, naming itself, the file and the line, before building anything large:
+    measured as Python heap (tracemalloc), not time; the wall guard only detects a hang."""
+    from support.guards import hang_guard, traced_peak
+
+    inp, _ = folders
+    errors = __import__(pack_nodes["DreamShotSampler"].__module__.rsplit(".nodes.", 1)[0] + ".dreamshot.errors",
+                        fromlist=["x"])
+    load = pack_nodes["DreamShotLoadStory"]
+    for levels in (9, 10):
+        (inp / f"bomb{levels}.yaml").write_text(alias_bomb(levels), encoding="utf-8")
+        assert f"bomb{levels}.yaml" in load.GET_NODE_INFO_V1()["input"]["required"]["story"][1]["options"]
+        with hang_guard(30, 300, "Load Story on the alias bomb"):
+            peak, outcome = traced_peak(run_node, load, story=f"bomb{levels}.yaml")
+            fingerprint = load.fingerprint_inputs(story=f"bomb{levels}.yaml")
+        assert isinstance(outcome, errors.DreamShotInputError), outcome
+        assert str(outcome).startswith(f"Load Story: input 'story': 1 problem(s) in the story file bomb{levels}.yaml:\n"
+                                       f"  bomb{levels}.yaml:4: this value expands to "), str(outcome)[:300]
+        assert peak < 16 * 2 ** 20, f"{peak / 2 ** 20:.1f} MiB of Python heap"
+        assert fingerprint.startswith("error: ") and "this value expands to" in fingerprint
 
 
 # -- python -m dreamshot.generate on the shipped example --------------------------------------------
