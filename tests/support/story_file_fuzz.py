@@ -104,7 +104,14 @@ def documents(draw) -> dict:
             "width": st.sampled_from((832, 480, 500)), "height": st.sampled_from((480, 16)),
             "mode": st.sampled_from(("edit", "text_to_shot", "nope")), "seed": st.integers(-1, 2 ** 64),
             "steps": st.integers(0, 50), "cfg": st.floats(allow_nan=True, allow_infinity=True),
-            "chunk_size": st.integers(0, 8), "negative_prompt": st.sampled_from(PROMPTS)}))
+            "chunk_size": st.integers(0, 8), "negative_prompt": st.sampled_from(PROMPTS),
+            # the settings a graph's nodes hold (headless parity): RACL patch, Shot LoRAs, variants
+            "variants": st.sampled_from((1, 3, 0, 65, "2", 1.5)),
+            "racl": st.one_of(st.booleans(), st.sampled_from(("yes", None, [1]))),
+            "shot_loras": st.sampled_from(([], [{"lora": "missing.safetensors"}],
+                                           [{"lora": "../x.safetensors", "shots": [1, 99]}],
+                                           [{"lora": "a.safetensors", "character": "Nobody", "strength": "x"}],
+                                           {"lora": "a.safetensors"}))}))
     if names:
         chars = []
         for n in names:
@@ -137,6 +144,12 @@ def documents(draw) -> dict:
             s["lock"] = draw(st.sampled_from((True, False, "yes please")))
         if draw(st.integers(0, 4)) == 0:
             s["negative_prompt"] = draw(st.sampled_from(PROMPTS))
+        if draw(st.integers(0, 2)) == 0:   # the board's fields (shot timing)
+            s.update(draw(st.fixed_dictionaries({}, optional={
+                "duration": st.sampled_from((2.0, 0.5, 3600, 0, -1, 1e308, float("nan"), "2s", True)),
+                "shot_size": st.sampled_from(("CU", "EWS", "", "x" * 300, 7)),
+                "camera": st.sampled_from(("static", "Push-In", "pan_left", "dolly zoom", None)),
+                "action": st.sampled_from(PROMPTS), "dialogue": st.sampled_from(PROMPTS + (["a"],))})))
         shots.append(s)
     doc["shots"] = shots
     return doc
