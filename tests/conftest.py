@@ -17,9 +17,22 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
+
+# The tests run on the CPU on every machine: ComfyUI in this process is started with --cpu, and what a
+# test starts itself (the tools as subprocesses, an in-process Trainer) would otherwise pick a GPU
+# when there is one, and compare GPU results (TF32, other kernels) with CPU references at CPU
+# tolerances. Hiding the devices before torch looks for them (subprocesses inherit the environment)
+# makes a GPU machine run what CI runs. DREAMSHOT_TEST_DEVICE=cuda leaves them visible (not for CI).
+if os.environ.get("DREAMSHOT_TEST_DEVICE", "").lower() != "cuda":
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""   # not setdefault: a GPU runner often sets it to "0"
+    os.environ["HIP_VISIBLE_DEVICES"] = ""    # ROCm builds of torch
+    _torch = sys.modules.get("torch")
+    if _torch is not None and _torch.cuda.is_initialized():
+        warnings.warn("torch initialised CUDA before tests/conftest.py hid the GPUs: tests may run on a GPU")
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
