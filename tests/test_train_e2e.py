@@ -256,9 +256,10 @@ def test_two_process_gloo_runs_keep_ranks_identical_and_fsdp_reads_shards(data, 
         out = tmp_path / strategy
         cfg = write_config(out / "train.toml", data["models"], data["dataset"], data["cache"], out / "out",
                            train={"steps": 3, "gradient_accumulation_steps": 2}, checkpoint={"every": 0},
-                           distributed={"strategy": strategy}, logging={"log_every": 1, "progress": False})
-        run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                              "--master_port", str(29500 + (os.getpid() + len(strategy)) % 1000),
+                           distributed={"strategy": strategy, "backend": "gloo"},  # what it tests, on any machine
+                           logging={"log_every": 1, "progress": False})
+        # --standalone: torchrun's rendezvous store binds a port the OS picks (no guessed port to collide)
+        run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                               "-m", "dreamshot.train", "train", "--config", str(cfg)],
                              cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
         assert run.returncode == 0, run.stderr[-4000:]
