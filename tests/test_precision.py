@@ -277,25 +277,33 @@ def test_context_chunk_with_racl_and_reference_cfg(N, sampling, dit, seqs, name)
 
 
 @pytest.mark.comfyui
-def test_folded_text_in_bf16_sampling_is_within_bf16_error(N, sampling, dit, seqs, pack_module):
-    """Sampling R2S with bf16 activations, the folded story text vs the 512-row padded text. Stated
-    tolerance (relative L2 over the generated frames): they differ by at most 1.5x what bf16 itself
-    changes (padded bf16 run vs float32), and the folded run is no further from float32 than the
-    padded one (x1.25). Measured here: folded vs padded 0.0064; bf16 vs float32 0.0073 padded,
-    0.0075 folded."""
-    unfold_story = pack_module("story").unfold_story
-    seq = seqs["r2s"]
-    unfolded = unfold_story(seq)
-    assert unfolded.segment_length == 512 and seq.segment_length < 512
-    k = seq.layout.num_refs
-    with torch.inference_mode():
-        folded_bf16 = sampling.sample_story(dit("bf16"), seq, SEED, STEPS, 2.0, "euler", "simple")[:, :, k:]
-        unfolded_bf16 = sampling.sample_story(dit("bf16"), unfolded, SEED, STEPS, 2.0, "euler", "simple")[:, :, k:]
-        fp32 = sampling.sample_story(dit(FP32), seq, SEED, STEPS, 2.0, "euler", "simple")[:, :, k:]
+def test_folded_text_in_bf16_sampling_is_within_bf16_error(N, sampling, dit, seqs, fp32_out, pack_module):
+    """Every mode with bf16 activations, the folded story text vs the 512-row padded text, errors as
+    relative L2 over the generated frames of all four modes together (each side is bf16 rounding noise:
+    pooling four stories steadies the ratios below; per mode folded / padded scattered 0.93-1.08 over
+    AVX-512, AVX2 and no-SIMD kernels, pooled 0.99-1.03).
 
-    def rel(a, b):
-        return float((a - b).norm() / b.norm())
-    fold, err_folded, err_unfolded = rel(folded_bf16, unfolded_bf16), rel(folded_bf16, fp32), rel(unfolded_bf16, fp32)
+    - folded vs padded <= 1.5 x bf16's own error (padded bf16 vs float32): two runs that each carry an
+      independent error of size E differ by about sqrt(2) E = 1.41 E; sharing most of their roundings,
+      they differ by less. Measured 0.93-0.97 E.
+    - the folded run is no further from float32 than the padded one, x 1.25: an error of its own s,
+      independent of bf16's, would give sqrt(E^2 + s^2); 1.25 E admits s <= 0.75 E, i.e. folding may
+      not add an error of bf16's size. Measured 0.99-1.03."""
+    unfold_story = pack_module("story").unfold_story
+    sq = {"folded": 0.0, "unfolded": 0.0, "between": 0.0, "ref": 0.0}
+    for mode, seq in seqs.items():
+        unfolded = unfold_story(seq)
+        assert unfolded.segment_length == 512 and seq.segment_length < 512, mode
+        gen = [f for f in range(seq.layout.num_latent_frames) if f not in kept_frames(seq)]
+        folded_bf16 = _run_mode(N, sampling, dit("bf16"), seq, mode)[:, :, gen]
+        unfolded_bf16 = _run_mode(N, sampling, dit("bf16"), unfolded, mode)[:, :, gen]
+        fp32 = fp32_out(mode)[:, :, gen]
+        sq["folded"] += float((folded_bf16 - fp32).square().sum())
+        sq["unfolded"] += float((unfolded_bf16 - fp32).square().sum())
+        sq["between"] += float((folded_bf16 - unfolded_bf16).square().sum())
+        sq["ref"] += float(fp32.square().sum())
+        print(f"{mode}: bf16 vs float32 folded / padded {float((folded_bf16 - fp32).norm() / (unfolded_bf16 - fp32).norm()):.3f}")
+    fold, err_folded, err_unfolded = ((sq[k] / sq["ref"]) ** 0.5 for k in ("between", "folded", "unfolded"))
     print(f"folded vs padded {fold:.4f}; bf16 vs float32: folded {err_folded:.4f}, padded {err_unfolded:.4f}")
     assert 0 < fold <= 1.5 * err_unfolded
     assert err_folded <= 1.25 * err_unfolded
