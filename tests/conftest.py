@@ -56,12 +56,16 @@ COMFY = find_comfyui()
 _SKIPPED: list[str] = []
 _NOTES: list[str] = []
 
-# Bump to force new tiny model files; the cache key also hashes the code that writes them.
+# Bump to force new tiny model files; the cache key also hashes the code that writes them and the
+# versions of what computes them (_CACHE_PACKAGES, ComfyUI's version and commit).
 TINY_MODELS_VERSION = "2"
 TINY_MODEL_FILES = ("dit.safetensors", "vae.safetensors", "umt5.safetensors")
 _CACHE_SOURCES = (TESTS / "support" / "tiny_models.py",
                   TESTS / "support" / "test_nodes_pack" / "tiny_umt5_config.json",
                   REPO / "dreamshot" / "comfy_bridge" / "random_wan.py")
+# torch: the random fills and ComfyUI's module layouts run on it; sentencepiece trains the tiny tokenizer;
+# safetensors writes the files.
+_CACHE_PACKAGES = ("torch", "sentencepiece", "safetensors")
 # Fixtures that need ComfyUI: a test using one of them is a `comfyui` test.
 COMFY_FIXTURES = {"comfy_root", "comfy_headless", "pack_nodes", "N", "pack_module", "tiny_models_dir", "tiny_wan_model", "tiny_vae",
                   "tiny_clip", "story_models"}
@@ -124,13 +128,31 @@ def pack_nodes(comfy_headless) -> dict:
 
 
 # ---- tiny models, cached across runs ------------------------------------------------------------
+def _cache_environment() -> str:
+    """What besides this repo's code decides the tiny models' bytes: package versions and ComfyUI's
+    (its WanModel, VAE and T5 classes build the modules the random fills walk)."""
+    import importlib.metadata
+
+    versions = []
+    for name in _CACHE_PACKAGES:
+        try:
+            versions.append(f"{name}={importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            versions.append(f"{name}=-")
+    if COMFY is not None:
+        versions.append(f"comfyui={comfy_version(COMFY)}@{comfy_commit(COMFY)}")
+    return ";".join(versions)
+
+
 def tiny_models_cache_dir() -> Path:
-    """~/.cache/dreamshot-tests/v<TINY_MODELS_VERSION>-<hash of the writing code> ($DREAMSHOT_TEST_CACHE
-    replaces ~/.cache/dreamshot-tests). Older siblings unused for a week are pruned."""
+    """~/.cache/dreamshot-tests/v<TINY_MODELS_VERSION>-<hash of the writing code and of the package and
+    ComfyUI versions> ($DREAMSHOT_TEST_CACHE replaces ~/.cache/dreamshot-tests). Older siblings unused
+    for a week are pruned."""
     root = Path(os.environ.get("DREAMSHOT_TEST_CACHE") or Path.home() / ".cache" / "dreamshot-tests")
     digest = hashlib.sha1(TINY_MODELS_VERSION.encode())
     for src in _CACHE_SOURCES:
         digest.update(src.read_bytes() if src.exists() else b"-")
+    digest.update(_cache_environment().encode())
     d = root / f"v{TINY_MODELS_VERSION}-{digest.hexdigest()[:12]}"
     d.mkdir(parents=True, exist_ok=True)
     os.utime(d)
