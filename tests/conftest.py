@@ -17,9 +17,22 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
+
+# The tests run on the CPU on every machine: ComfyUI in this process is started with --cpu, and what a
+# test starts itself (the tools as subprocesses, an in-process Trainer) would otherwise pick a GPU
+# when there is one, and compare GPU results (TF32, other kernels) with CPU references at CPU
+# tolerances. Hiding the devices before torch looks for them (subprocesses inherit the environment)
+# makes a GPU machine run what CI runs. DREAMSHOT_TEST_DEVICE=cuda leaves them visible (not for CI).
+if os.environ.get("DREAMSHOT_TEST_DEVICE", "").lower() != "cuda":
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""   # not setdefault: a GPU runner often sets it to "0"
+    os.environ["HIP_VISIBLE_DEVICES"] = ""    # ROCm builds of torch
+    _torch = sys.modules.get("torch")
+    if _torch is not None and _torch.cuda.is_initialized():
+        warnings.warn("torch initialised CUDA before tests/conftest.py hid the GPUs: tests may run on a GPU")
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -43,12 +56,16 @@ COMFY = find_comfyui()
 _SKIPPED: list[str] = []
 _NOTES: list[str] = []
 
-# Bump to force new tiny model files; the cache key also hashes the code that writes them.
+# Bump to force new tiny model files; the cache key also hashes the code that writes them and the
+# versions of what computes them (_CACHE_PACKAGES, ComfyUI's version and commit).
 TINY_MODELS_VERSION = "2"
 TINY_MODEL_FILES = ("dit.safetensors", "vae.safetensors", "umt5.safetensors")
 _CACHE_SOURCES = (TESTS / "support" / "tiny_models.py",
                   TESTS / "support" / "test_nodes_pack" / "tiny_umt5_config.json",
                   REPO / "dreamshot" / "comfy_bridge" / "random_wan.py")
+# torch: the random fills and ComfyUI's module layouts run on it; sentencepiece trains the tiny tokenizer;
+# safetensors writes the files.
+_CACHE_PACKAGES = ("torch", "sentencepiece", "safetensors")
 # Fixtures that need ComfyUI: a test using one of them is a `comfyui` test.
 COMFY_FIXTURES = {"comfy_root", "comfy_headless", "pack_nodes", "N", "pack_module", "tiny_models_dir", "tiny_wan_model", "tiny_vae",
                   "tiny_clip", "story_models"}
@@ -111,13 +128,31 @@ def pack_nodes(comfy_headless) -> dict:
 
 
 # ---- tiny models, cached across runs ------------------------------------------------------------
+def _cache_environment() -> str:
+    """What besides this repo's code decides the tiny models' bytes: package versions and ComfyUI's
+    (its WanModel, VAE and T5 classes build the modules the random fills walk)."""
+    import importlib.metadata
+
+    versions = []
+    for name in _CACHE_PACKAGES:
+        try:
+            versions.append(f"{name}={importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            versions.append(f"{name}=-")
+    if COMFY is not None:
+        versions.append(f"comfyui={comfy_version(COMFY)}@{comfy_commit(COMFY)}")
+    return ";".join(versions)
+
+
 def tiny_models_cache_dir() -> Path:
-    """~/.cache/dreamshot-tests/v<TINY_MODELS_VERSION>-<hash of the writing code> ($DREAMSHOT_TEST_CACHE
-    replaces ~/.cache/dreamshot-tests). Older siblings unused for a week are pruned."""
+    """~/.cache/dreamshot-tests/v<TINY_MODELS_VERSION>-<hash of the writing code and of the package and
+    ComfyUI versions> ($DREAMSHOT_TEST_CACHE replaces ~/.cache/dreamshot-tests). Older siblings unused
+    for a week are pruned."""
     root = Path(os.environ.get("DREAMSHOT_TEST_CACHE") or Path.home() / ".cache" / "dreamshot-tests")
     digest = hashlib.sha1(TINY_MODELS_VERSION.encode())
     for src in _CACHE_SOURCES:
         digest.update(src.read_bytes() if src.exists() else b"-")
+    digest.update(_cache_environment().encode())
     d = root / f"v{TINY_MODELS_VERSION}-{digest.hexdigest()[:12]}"
     d.mkdir(parents=True, exist_ok=True)
     os.utime(d)

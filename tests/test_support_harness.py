@@ -302,13 +302,17 @@ class DreamShotHarnessFail:
 class DreamShotHarnessSleep:
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"seconds": ("FLOAT", {"default": 30.0}), "nonce": ("INT", {"default": 0})}}
+        return {"required": {"seconds": ("FLOAT", {"default": 30.0}), "nonce": ("INT", {"default": 0})},
+                "optional": {"started": ("STRING", {"default": ""})}}
     RETURN_TYPES = ()
     OUTPUT_NODE = True
     FUNCTION = "run"
     CATEGORY = "testing"
 
-    def run(self, seconds, nonce):
+    def run(self, seconds, nonce, started=""):
+        if started:  # a file that says the node runs (the executor is past clearing the interrupt flag)
+            with open(started, "w") as f:
+                f.write("running")
         end = time.time() + seconds
         while time.time() < end:
             comfy.model_management.throw_exception_if_processing_interrupted()
@@ -419,15 +423,23 @@ def test_a_failing_node_raises_prompt_failed_with_its_message(server):
 @pytest.mark.comfyui
 @pytest.mark.slow
 def test_interrupt_stops_the_running_prompt(server):
+    nonce = time.time_ns() % 2**31
+    started = server.base_dir / f"harness-sleep-{nonce}.started"
     prompt_id = server.queue({"1": {"class_type": "DreamShotHarnessSleep",
-                                    "inputs": {"seconds": 60.0, "nonce": time.time_ns() % 2**31}}})
-    server.wait_running(prompt_id)
-    time.sleep(0.3)  # let execution start (an interrupt before that is cleared by the executor)
-    t0 = time.perf_counter()
+                                    "inputs": {"seconds": 60.0, "nonce": nonce, "started": str(started)}}})
+    # Interrupt once the node itself runs: the executor clears the interrupt flag as it starts a prompt
+    # (ComfyUI execution.py, PromptExecutor.execute_async: nodes.interrupt_processing(False)), so one
+    # sent while the prompt is merely listed as running can be lost, however long one waits first.
+    deadline = time.monotonic() + 120
+    while not started.exists():
+        assert prompt_id not in server.history(prompt_id), "the sleep node ended without running"
+        assert time.monotonic() < deadline, f"the sleep node did not start in 120 s:\n{server.log_tail()}"
+        time.sleep(0.05)
     server.interrupt()
+    # Stopped by the interrupt, not by its end: wait() gives up (TimeoutError) at 30 s, half the
+    # node's 60 s; the node checks the flag every 0.05 s.
     with pytest.raises(PromptFailed, match="interrupted"):
         server.wait(prompt_id, timeout=30)
-    assert time.perf_counter() - t0 < 10
 
 
 @pytest.mark.comfyui

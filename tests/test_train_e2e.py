@@ -234,6 +234,19 @@ def test_sigkill_while_training_then_resume_latest(data, tmp_path):
     assert not list((tmp_path / "out" / "checkpoints").glob(".tmp-*"))
 
 
+def test_the_trainer_computes_where_an_imported_comfyui_does(comfy_headless, monkeypatch):
+    """ComfyUI imported with --cpu (a CPU server, these tests): an in-process Trainer takes the CPU too,
+    even where CUDA is present, instead of cuda:LOCAL_RANK."""
+    from dreamshot.comfy_bridge.headless import imported_comfy_device
+    from dreamshot.train.distributed import init_distributed
+
+    assert imported_comfy_device() == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: pytest.fail(f"the trainer took {device}"))
+    assert init_distributed().device == torch.device("cpu")
+
+
 def test_two_process_gloo_runs_keep_ranks_identical_and_fsdp_reads_shards(data, tmp_path):
     """DDP and FSDP, 2 processes each: ranks end identical; FSDP builds the DiT on meta and each process
     reads only its shards from the memory-mapped file, and trains to the same losses as DDP (which
@@ -243,9 +256,10 @@ def test_two_process_gloo_runs_keep_ranks_identical_and_fsdp_reads_shards(data, 
         out = tmp_path / strategy
         cfg = write_config(out / "train.toml", data["models"], data["dataset"], data["cache"], out / "out",
                            train={"steps": 3, "gradient_accumulation_steps": 2}, checkpoint={"every": 0},
-                           distributed={"strategy": strategy}, logging={"log_every": 1, "progress": False})
-        run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                              "--master_port", str(29500 + (os.getpid() + len(strategy)) % 1000),
+                           distributed={"strategy": strategy, "backend": "gloo"},  # what it tests, on any machine
+                           logging={"log_every": 1, "progress": False})
+        # --standalone: torchrun's rendezvous store binds a port the OS picks (no guessed port to collide)
+        run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                               "-m", "dreamshot.train", "train", "--config", str(cfg)],
                              cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
         assert run.returncode == 0, run.stderr[-4000:]

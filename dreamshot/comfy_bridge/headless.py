@@ -133,6 +133,14 @@ def import_comfy(comfyui_path: str | os.PathLike | None = None, cpu: bool | None
     return root
 
 
+def imported_comfy_device():
+    """The torch device ComfyUI computes on when it is already imported in this process, else None
+    (nothing is imported here). Code that picks its own device (the Trainer) follows it: a trainer run
+    in a process whose ComfyUI was started with --cpu (a CPU server, the tests) must not take a GPU."""
+    mm = sys.modules.get("comfy.model_management")
+    return None if mm is None else mm.get_torch_device()
+
+
 def _load_extra_model_paths(root: Path) -> None:
     """ComfyUI's extra_model_paths.yaml beside main.py, as main.py reads it, so model names resolve in
     the folders the server would search."""

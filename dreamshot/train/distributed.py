@@ -44,10 +44,15 @@ class DistState:
 
 
 def init_distributed(backend: str = "") -> DistState:
+    """This process's rank and device: cuda:LOCAL_RANK when there is CUDA, unless ComfyUI is already
+    imported here to run on the CPU (--cpu), then the CPU like it."""
+    from ..comfy_bridge.headless import imported_comfy_device
+
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", str(rank)))
-    cuda = torch.cuda.is_available()
+    comfy_device = imported_comfy_device()
+    cuda = torch.cuda.is_available() and not (comfy_device is not None and comfy_device.type == "cpu")
     if cuda:
         device = torch.device("cuda", local % max(1, torch.cuda.device_count()))
         torch.cuda.set_device(device)

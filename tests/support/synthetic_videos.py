@@ -86,7 +86,10 @@ def write_video(path: Path, shots: list[ShotSpec], width: int = 96, height: int 
     with av.open(str(video.path), mode="w") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = {"crf": str(crf), "preset": "veryfast", "g": "1000", "bf": "0"}
+        # one encoder thread: x264's output depends on its thread count (frame threads, lookahead), so
+        # a machine with more cores would encode other bytes; with one the fixtures are the same everywhere
+        stream.codec_context.thread_count = 1
+        stream.options = {"crf": str(crf), "preset": "veryfast", "g": "1000", "bf": "0", "threads": "1"}
         for i in range(start):
             frame = av.VideoFrame.from_ndarray(video.render(i)[0], format="rgb24")
             for packet in stream.encode(frame):
