@@ -45,7 +45,7 @@ def load_diffusion_model(path: str, weight_dtype: str = "default", forced_dtype:
     dtype choice."""
     import comfy.sd
 
-    from .wan_patches import check_wan21_t2v
+    from .wan_patches import check_wan_t2v
 
     if not path or not Path(path).is_file():
         raise FileNotFoundError(f"model.dit: file {str(path)!r} not found")
@@ -53,7 +53,7 @@ def load_diffusion_model(path: str, weight_dtype: str = "default", forced_dtype:
     if forced_dtype is not None:
         options["dtype"] = FORCED_DTYPES[forced_dtype]
     model = comfy.sd.load_diffusion_model(str(path), model_options=options)
-    check_wan21_t2v(model)
+    check_wan_t2v(model)
     return model
 
 
