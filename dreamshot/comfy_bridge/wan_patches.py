@@ -47,7 +47,7 @@ WRAPPER_KEY = "dreamshot_story"   # the DIFFUSION_MODEL wrapper that keeps Dream
 _POSITIONAL = ("mask", "attn_precision", "skip_reshape", "skip_output_reshape")
 
 
-def check_wan_t2v(model, node: str | None = None) -> None:
+def check_wan_t2v(model, node: str | None = None, input_name: str = "model") -> None:
     """Refuse anything but a Wan text-to-video model, with a message naming the fix: Wan2.1 T2V (1.3B,
     14B), either Wan2.2-T2V-A14B expert (ComfyUI loads them as WAN21) or Wan2.2-TI2V-5B (WAN22, its 48
     input channels are its latent: text-to-video with a clean first frame, no image channels)."""
@@ -57,13 +57,13 @@ def check_wan_t2v(model, node: str | None = None) -> None:
     if type(base) not in (comfy.model_base.WAN21, comfy.model_base.WAN22):
         name = type(base).__name__ if base is not None else type(model).__name__
         raise DreamShotInputError(
-            "model", f"DreamShot needs a Wan text-to-video model, got {name}.",
+            input_name, f"DreamShot needs a Wan text-to-video model, got {name}.",
             "load wan2.1_t2v_14B / 1.3B, wan2.2_ti2v_5B or the wan2.2_t2v A14B high/low-noise experts with Load "
             "Diffusion Model (UNETLoader).", node=node)
     dm = base.diffusion_model
     if dm.patch_embedding.weight.shape[1] != dm.out_dim or getattr(dm, "img_emb", None) is not None:
         raise DreamShotInputError(
-            "model", "this Wan checkpoint is an image-to-video / Fun variant, not text-to-video.",
+            input_name, "this Wan checkpoint is an image-to-video / Fun variant, not text-to-video.",
             "load a text-to-video checkpoint (wan2.1_t2v_14B / 1.3B, wan2.2_ti2v_5B, the wan2.2_t2v A14B experts).",
             node=node)
 
@@ -293,7 +293,7 @@ def share_story_patches(source, target):
     shape (the A14B experts share one)."""
     from ..errors import DreamShotInputError
 
-    check_wan_t2v(target, node=None)
+    check_wan_t2v(target, input_name="model_low_noise")
     src_to = source.model_options.get("transformer_options", {})
     tgt_to = target.model_options.get("transformer_options", {})
     shared = [key for key in (role_patch.CONFIG_KEY, MASK_PADDING_KEY) if key in src_to and key not in tgt_to]
