@@ -40,7 +40,7 @@ def unet_model_options(weight_dtype: str = "default") -> dict:
 
 
 def load_diffusion_model(path: str, weight_dtype: str = "default", forced_dtype: str | None = None):
-    """The Wan2.1 T2V DiT at ``path`` as UNETLoader loads it (comfy.sd.load_diffusion_model with its
+    """The Wan T2V DiT at ``path`` as UNETLoader loads it (comfy.sd.load_diffusion_model with its
     model_options). ``forced_dtype`` (bf16/fp16/fp32, the deprecated --dit-dtype) replaces UNETLoader's
     dtype choice."""
     import comfy.sd
