@@ -3,13 +3,17 @@
 The packed latent is [refs, shots] on the time axis:
 
 - each reference image is VAE-encoded alone, one latent frame each (frames 0..K-1);
-- the shots are encoded as ONE video. Wan-VAE compresses time 4x causally in chunks of
-  1, 4, 4, ... pixel frames, so a shot repeated T times (T a multiple of 4) fills T/4 latent
-  frames exactly. The first chunk holds a single pixel frame, so shot 0 is repeated T-3 times
-  (for the paper's T=4: once, "the first shot is not repeated").
+- the shots are encoded as ONE video. The Wan VAEs (2.1 and 2.2) compress time 4x causally in
+  chunks of 1, 4, 4, ... pixel frames, so a shot repeated T times (T a multiple of 4) fills T/4
+  latent frames exactly. The first chunk holds a single pixel frame, so shot 0 is repeated T-3
+  times (for the paper's T=4: once, "the first shot is not repeated").
 
-After the (1, 2, 2) patchify, latent frame f owns tokens [f*P, (f+1)*P) with
+After the DiT's patchify (Wan: (1, 2, 2)), latent frame f owns tokens [f*P, (f+1)*P) with
 P = (latent_h/2) * (latent_w/2): Wan flattens tokens frame-major.
+
+What differs between backbones (latent channels, VAE compression, patch size) is a ``Geometry``,
+read from ComfyUI's VAE and model by ``comfy_bridge.geometry``; a layout without one is Wan2.1's
+(``WAN21``), the geometry every saved story and test before Wan2.2 assumed.
 """
 
 from __future__ import annotations
@@ -18,37 +22,74 @@ from dataclasses import dataclass, field
 
 from .errors import DreamShotInputError
 
-VAE_TIME_COMPRESSION = 4
-VAE_SPATIAL_COMPRESSION = 8
-PATCH_SIZE = (1, 2, 2)
-PIXEL_MULTIPLE = VAE_SPATIAL_COMPRESSION * PATCH_SIZE[1]  # 16
+
+@dataclass(frozen=True)
+class Geometry:
+    """What the backbone fixes about the packed latent.
+
+    Args:
+        latent_channels: channels of a latent frame (the VAE's and the DiT's latent format).
+        spatial: VAE spatial compression (pixels per latent cell, each way).
+        temporal: VAE time compression (pixel frames per latent frame after the first).
+        patch: the DiT's patchify (time, height, width) in latent cells.
+        name: what the user loaded, for messages.
+    """
+
+    latent_channels: int = 16
+    spatial: int = 8
+    temporal: int = 4
+    patch: tuple[int, int, int] = (1, 2, 2)
+    name: str = "Wan2.1"
+
+    @property
+    def pixel_multiple_h(self) -> int:
+        return self.spatial * self.patch[1]
+
+    @property
+    def pixel_multiple_w(self) -> int:
+        return self.spatial * self.patch[2]
+
+    @property
+    def pixel_multiple(self) -> int:
+        """The side of one image token in pixels (both ways for Wan's square patches)."""
+        return max(self.pixel_multiple_h, self.pixel_multiple_w)
+
+
+WAN21 = Geometry()
+# Wan2.1's values, kept as names for the code that plans without a model (defaults, messages).
+VAE_TIME_COMPRESSION = WAN21.temporal
+VAE_SPATIAL_COMPRESSION = WAN21.spatial
+PATCH_SIZE = WAN21.patch
+PIXEL_MULTIPLE = WAN21.pixel_multiple  # 16
 # Wan2.1 was trained on 81-frame clips = 21 latent frames; more is possible but untested.
 DEFAULT_MAX_LATENT_FRAMES = 21
 
 
-def check_resolution(width: int, height: int) -> None:
-    for name, value in (("width", width), ("height", height)):
-        if value < PIXEL_MULTIPLE or value % PIXEL_MULTIPLE:
-            lower = max(PIXEL_MULTIPLE, value - value % PIXEL_MULTIPLE)
+def check_resolution(width: int, height: int, geometry: Geometry = WAN21) -> None:
+    for name, value, multiple, patch in (("width", width, geometry.pixel_multiple_w, geometry.patch[2]),
+                                         ("height", height, geometry.pixel_multiple_h, geometry.patch[1])):
+        if value < multiple or value % multiple:
+            lower = max(multiple, value - value % multiple)
             raise DreamShotInputError(
                 name,
-                f"{value} is not a positive multiple of {PIXEL_MULTIPLE} "
-                f"(Wan's VAE downsamples by {VAE_SPATIAL_COMPRESSION}, then patchifies by 2).",
-                f"use {lower} or {lower + PIXEL_MULTIPLE}.",
+                f"{value} is not a positive multiple of {multiple} "
+                f"({geometry.name}'s VAE downsamples by {geometry.spatial}, then patchifies by {patch}).",
+                f"use {lower} or {lower + multiple}.",
             )
 
 
-def check_repeat(repeat: int) -> None:
+def check_repeat(repeat: int, geometry: Geometry = WAN21) -> None:
+    t = geometry.temporal
     if repeat < 1:
         raise DreamShotInputError(
             "repeat", f"T={repeat} must be at least 1.",
-            f"use T={VAE_TIME_COMPRESSION} (one latent frame per shot, as in the paper).")
-    if repeat % VAE_TIME_COMPRESSION:
+            f"use T={t} (one latent frame per shot, as in the paper).")
+    if repeat % t:
         raise DreamShotInputError(
             "repeat",
-            f"T={repeat} is not a multiple of the Wan-VAE time compression ({VAE_TIME_COMPRESSION}): "
+            f"T={repeat} is not a multiple of the Wan-VAE time compression ({t}): "
             "a shot would share latent frames with its neighbours.",
-            f"use T={VAE_TIME_COMPRESSION} or {2 * VAE_TIME_COMPRESSION}.")
+            f"use T={t} or {2 * t}.")
 
 
 @dataclass(frozen=True)
@@ -58,10 +99,12 @@ class StoryLayout:
     Args:
         num_refs: K, reference latent frames placed first.
         num_shots: S, storyboard shots.
-        width, height: shot (and reference) size in pixels, multiples of 16.
+        width, height: shot (and reference) size in pixels, multiples of the geometry's token side
+            (16 for Wan2.1, 32 for Wan2.2-TI2V-5B).
         repeat: T, pixel frames per shot before VAE encoding (multiple of 4).
         ref_characters: for each reference frame, the index of its character.
         clean_shots: for each shot, True when it is given (kept clean) rather than generated.
+        geometry: the backbone's (``Geometry``); Wan2.1's by default.
     """
 
     num_refs: int
@@ -71,6 +114,7 @@ class StoryLayout:
     repeat: int = VAE_TIME_COMPRESSION
     ref_characters: tuple[int, ...] = ()
     clean_shots: tuple[bool, ...] = field(default=())
+    geometry: Geometry = WAN21
 
     def __post_init__(self):
         if self.num_shots < 1:
@@ -78,8 +122,8 @@ class StoryLayout:
                                       "connect at least one Shot Script.")
         if self.num_refs < 0:
             raise ValueError("num_refs must be >= 0")
-        check_resolution(self.width, self.height)
-        check_repeat(self.repeat)
+        check_resolution(self.width, self.height, self.geometry)
+        check_repeat(self.repeat, self.geometry)
         if not self.ref_characters:
             object.__setattr__(self, "ref_characters", tuple(range(self.num_refs)))
         if len(self.ref_characters) != self.num_refs:
@@ -92,15 +136,20 @@ class StoryLayout:
     # -- latent grid ---------------------------------------------------------------------
     @property
     def latent_height(self) -> int:
-        return self.height // VAE_SPATIAL_COMPRESSION
+        return self.height // self.geometry.spatial
 
     @property
     def latent_width(self) -> int:
-        return self.width // VAE_SPATIAL_COMPRESSION
+        return self.width // self.geometry.spatial
+
+    @property
+    def token_grid(self) -> tuple[int, int]:
+        """(rows, columns) of one latent frame's image tokens, row-major as Wan flattens a frame."""
+        return self.latent_height // self.geometry.patch[1], self.latent_width // self.geometry.patch[2]
 
     @property
     def frames_per_shot(self) -> int:
-        return self.repeat // VAE_TIME_COMPRESSION
+        return self.repeat // self.geometry.temporal
 
     @property
     def num_latent_frames(self) -> int:
@@ -108,7 +157,8 @@ class StoryLayout:
 
     @property
     def tokens_per_frame(self) -> int:
-        return (self.latent_height // PATCH_SIZE[1]) * (self.latent_width // PATCH_SIZE[2])
+        rows, cols = self.token_grid
+        return rows * cols
 
     @property
     def num_tokens(self) -> int:
@@ -143,7 +193,7 @@ class StoryLayout:
     # -- pixel video of the shots --------------------------------------------------------
     def shot_repeats(self, shot: int) -> int:
         """Pixel frames of a shot in the encoded video (shot 0 fills the 1-frame first chunk)."""
-        return self.repeat - (VAE_TIME_COMPRESSION - 1) if shot == 0 else self.repeat
+        return self.repeat - (self.geometry.temporal - 1) if shot == 0 else self.repeat
 
     @property
     def num_video_frames(self) -> int:

@@ -42,7 +42,7 @@ def shot_video(layout: StoryLayout, shot_images: Sequence[torch.Tensor | None]) 
 def _as_video_latent(latent: torch.Tensor) -> torch.Tensor:
     if latent.ndim != 5:
         raise ValueError(f"the VAE returned a latent of shape {tuple(latent.shape)}; a video VAE "
-                         "(Wan2.1) returns [1, C, frames, h, w]")
+                         "(Wan2.1, Wan2.2) returns [1, C, frames, h, w]")
     return latent
 
 
@@ -59,10 +59,12 @@ def pack_latent(vae: VideoVAE, layout: StoryLayout, refs: Sequence[torch.Tensor]
     shots = _as_video_latent(vae.encode(shot_video(layout, shot_images)))
     parts = encode_references(vae, refs) + [shots]
     latent = torch.cat([p.to(shots) for p in parts], dim=2)
+    g = layout.geometry
     expected = (layout.num_latent_frames, layout.latent_height, layout.latent_width)
     if tuple(latent.shape[2:]) != expected:
-        raise ValueError(f"packed latent has frames/size {tuple(latent.shape[2:])}, expected {expected}: "
-                         "is this a Wan2.1 VAE (4x time, 8x space compression)?")
+        raise ValueError(f"packed latent has frames/size {tuple(latent.shape[2:])}, expected {expected}: the story was "
+                         f"planned for {g.name}'s VAE ({g.temporal}x time, {g.spatial}x space compression); is this "
+                         "that VAE?")
     return latent
 
 

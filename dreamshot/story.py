@@ -16,7 +16,7 @@ import torch
 from .attention import NO_TEXT
 from .errors import DreamShotInputError
 from .images import fit_image, fit_mask
-from .layout import DEFAULT_MAX_LATENT_FRAMES, PIXEL_MULTIPLE, StoryLayout, check_resolution
+from .layout import DEFAULT_MAX_LATENT_FRAMES, WAN21, Geometry, StoryLayout, check_resolution
 from .modes import Mode, resolve_clean_shots
 from .packing import VideoVAE, pack_latent
 from .shot_timing import DEFAULT_DURATION
@@ -93,11 +93,12 @@ def parse_boxes(text: str, input_name: str = "character_boxes") -> tuple[tuple[s
     return tuple(out)
 
 
-def box_problem(box: Sequence[float], width: int, height: int) -> str | None:
+def box_problem(box: Sequence[float], width: int, height: int, token: int = WAN21.pixel_multiple) -> str | None:
     """Why ``box`` cannot be a region of a width x height shot, or None. Refused rather than clipped:
     a clipped box silently changes which tokens role attention constrains. Fractions when every
     coordinate is <= 1, else pixels: a pixel box must lie inside the frame and span at least one
-    16-pixel token each way (what "0.5, 0, 1.5, 1", a fraction past the edge, would not)."""
+    ``token``-pixel image token each way (16 on Wan2.1; what "0.5, 0, 1.5, 1", a fraction past the
+    edge, would not)."""
     x0, y0, x1, y1 = (float(v) for v in box)
     if not all(map(math.isfinite, (x0, y0, x1, y1))) or x1 <= x0 or y1 <= y0:
         return "is empty or not a box (needs x1 > x0 and y1 > y0)"
@@ -107,8 +108,8 @@ def box_problem(box: Sequence[float], width: int, height: int) -> str | None:
         return None
     if x1 > width or y1 > height:
         return f"reaches outside the {width}x{height} frame (read as pixels, since a coordinate is > 1)"
-    if x1 - x0 < PIXEL_MULTIPLE or y1 - y0 < PIXEL_MULTIPLE:
-        return (f"is read as pixels (a coordinate is > 1) but is narrower than one {PIXEL_MULTIPLE}-pixel token; "
+    if x1 - x0 < token or y1 - y0 < token:
+        return (f"is read as pixels (a coordinate is > 1) but is narrower than one {token}-pixel token; "
                 "a fraction past the edge of the shot?")
     return None
 
@@ -153,13 +154,13 @@ def plan_story(characters: Sequence[Character], shots: Sequence[Shot], width: in
                repeat: int = 4, mode: Mode | str = Mode.REFERENCE_TO_SHOT,
                keyframes: torch.Tensor | None = None, lock_shots: Sequence[int] = (),
                fit: str = "pad_white", max_latent_frames: int = DEFAULT_MAX_LATENT_FRAMES,
-               check_budget: bool = True) -> StoryPlan:
+               check_budget: bool = True, geometry: Geometry | None = None) -> StoryPlan:
     """Check the story and decide its layout.
 
     Args:
         characters: the character references, in order (their order is the reference order).
         shots: the shots, in story order.
-        width, height: storyboard size (multiples of 16).
+        width, height: storyboard size (multiples of the geometry's token side: 16 on Wan2.1).
         repeat: T, pixel frames per shot (multiple of 4).
         mode: see dreamshot.modes.
         keyframes: optional [N, H, W, 3] images of an earlier storyboard, for lock_shots.
@@ -168,9 +169,12 @@ def plan_story(characters: Sequence[Character], shots: Sequence[Shot], width: in
         max_latent_frames: refuse longer packs.
         check_budget: False leaves the max_latent_frames check to the sampler, which knows whether
             the story is generated in one pass or in chunks (each chunk is then checked).
+        geometry: the backbone's latent geometry (comfy_bridge.geometry reads it from the VAE);
+            None: Wan2.1's.
     """
     mode = Mode.parse(mode)
-    check_resolution(width, height)
+    geometry = geometry or WAN21
+    check_resolution(width, height, geometry)
     if not shots:
         raise DreamShotInputError("shots", "no shots were given.", "connect at least one Shot Script.")
     characters = tuple(characters)
@@ -197,7 +201,8 @@ def plan_story(characters: Sequence[Character], shots: Sequence[Shot], width: in
                 f"(known: {known}).",
                 "fix the name in the Shot Script, or connect a Character Reference with that name.")
         shot_characters.append(tuple(names.index(n) for n in shot.characters if n in names))
-    shot_regions = [_shot_regions(j, shot, names, width, height) for j, shot in enumerate(shots)]
+    shot_regions = [_shot_regions(j, shot, names, width, height, geometry.pixel_multiple)
+                    for j, shot in enumerate(shots)]
 
     given: list[torch.Tensor | None] = [s.image for s in shots]
     if lock_shots:
@@ -234,7 +239,8 @@ def plan_story(characters: Sequence[Character], shots: Sequence[Shot], width: in
         encode_images = [img if img is not None else fit_image(keyframes[j], width, height, fit, "keyframes")
                          for j, img in enumerate(shot_images)]
     layout = StoryLayout(num_refs=len(ref_images), num_shots=len(shots), width=width, height=height,
-                         repeat=repeat, ref_characters=tuple(ref_characters), clean_shots=clean)
+                         repeat=repeat, ref_characters=tuple(ref_characters), clean_shots=clean,
+                         geometry=geometry)
     if check_budget:
         layout.check_frame_budget(max_latent_frames)
 
@@ -258,7 +264,7 @@ def plan_story(characters: Sequence[Character], shots: Sequence[Shot], width: in
                      max_latent_frames=max_latent_frames, encode_images=encode_images)
 
 
-def _shot_regions(j: int, shot: Shot, names: list[str], width: int, height: int) -> dict[int, object]:
+def _shot_regions(j: int, shot: Shot, names: list[str], width: int, height: int, token: int) -> dict[int, object]:
     regions: dict[int, object] = {}
     for name, spec in shot.regions:
         if name in shot.characters and name not in names:
@@ -270,7 +276,7 @@ def _shot_regions(j: int, shot: Shot, names: list[str], width: int, height: int)
         if isinstance(spec, torch.Tensor):
             spec = fit_mask(spec, width, height, "stretch")
         else:
-            problem = box_problem(spec, width, height)
+            problem = box_problem(spec, width, height, token)
             if problem:
                 coords = ", ".join(f"{float(v):g}" for v in spec)
                 raise DreamShotInputError(

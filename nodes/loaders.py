@@ -1,5 +1,7 @@
-"""Load DreamShot Model: ComfyUI's own Wan2.1 T2V MODEL plus up to two DreamShot LoRAs (the released
-SFT then RL LoRA) and an optional step-distillation LoRA (LightX2V 4-step), applied in that order."""
+"""Load DreamShot Model: ComfyUI's own Wan text-to-video MODEL (Wan2.1, Wan2.2-TI2V-5B, or one
+Wan2.2-T2V-A14B expert: one node per expert, each with its own LoRAs) plus up to two DreamShot LoRAs
+(the released SFT then RL LoRA) and an optional step-distillation LoRA (LightX2V 4-step), applied in
+that order."""
 
 import os
 
@@ -7,7 +9,7 @@ import folder_paths
 
 from ..dreamshot.comfy_bridge.compat import io
 from ..dreamshot.comfy_bridge.lora import apply_lora
-from ..dreamshot.comfy_bridge.wan_patches import check_wan21_t2v
+from ..dreamshot.comfy_bridge.wan_patches import check_wan_t2v
 from .errors import reported_as
 from .types import CATEGORY
 
@@ -43,11 +45,13 @@ class LoadDreamShotModel(io.ComfyNode):
             node_id="LoadDreamShotModel",
             display_name=cls.DISPLAY,
             category=f"{CATEGORY}/loaders",
-            description="Checks that the model is Wan2.1 text-to-video (1.3B or 14B) and patches a DreamShot "
+            description="Checks that the model is Wan text-to-video (Wan2.1 1.3B/14B, Wan2.2-TI2V-5B or one "
+                        "Wan2.2-T2V-A14B expert: use one Load DreamShot Model per expert) and patches a DreamShot "
                         "LoRA from models/dreamshot onto it. The input model is not modified.",
             is_experimental=True,
             inputs=[
-                io.Model.Input("model", tooltip="A Wan2.1 T2V model from ComfyUI's Load Diffusion Model."),
+                io.Model.Input("model", tooltip="A Wan text-to-video model (Wan2.1 T2V, Wan2.2-TI2V-5B or one A14B "
+                                                "expert) from ComfyUI's Load Diffusion Model."),
                 io.Combo.Input("lora_name", options=[NO_LORA] + lora_files(),
                                default=NO_LORA,
                                tooltip="A DreamShot LoRA (.safetensors) in ComfyUI/models/dreamshot; None uses the "
@@ -73,7 +77,7 @@ class LoadDreamShotModel(io.ComfyNode):
     def execute(cls, model, lora_name=NO_LORA, strength=1.0, lora_2_name=NO_LORA, lora_2_strength=1.0,
                 distill_lora_name=NO_LORA, distill_lora_strength=1.0) -> io.NodeOutput:
         with reported_as(cls.DISPLAY):
-            check_wan21_t2v(model)
+            check_wan_t2v(model)
             # Order as the official pipeline fuses them: SFT, RL, then the distillation LoRA.
             for folder, name, weight in ((LORA_FOLDER, lora_name, strength),
                                          (LORA_FOLDER, lora_2_name, lora_2_strength),

@@ -3,6 +3,7 @@
 import re
 
 from ..dreamshot.comfy_bridge.compat import io
+from ..dreamshot.comfy_bridge.geometry import vae_geometry
 from ..dreamshot.comfy_bridge.text_encode import encode_text
 from ..dreamshot.errors import DreamShotInputError
 from ..dreamshot.images import FIT_METHODS
@@ -74,11 +75,14 @@ class ShotSequencePack(io.ComfyNode):
                         "repeated T times) as one video, and every shot prompt separately, for DreamShot Sampler.",
             is_experimental=True,
             inputs=[
-                io.Vae.Input("vae", tooltip="The Wan2.1 VAE."),
+                io.Vae.Input("vae", tooltip="The model's VAE: wan_2.1_vae for Wan2.1 and the Wan2.2-A14B experts, "
+                                            "wan2.2_vae for Wan2.2-TI2V-5B (its geometry sets the latent layout)."),
                 io.Clip.Input("clip", tooltip="The Wan text encoder (umt5-xxl), loaded with Load CLIP type wan."),
                 Shots.Input("shots", tooltip="The chained Shot Scripts, in story order."),
-                io.Int.Input("width", default=832, min=16, max=4096, step=16, tooltip="Shot width, multiple of 16."),
-                io.Int.Input("height", default=480, min=16, max=4096, step=16, tooltip="Shot height, multiple of 16."),
+                io.Int.Input("width", default=832, min=16, max=4096, step=16,
+                             tooltip="Shot width, multiple of 16 (Wan2.1, A14B) or 32 (Wan2.2-TI2V-5B)."),
+                io.Int.Input("height", default=480, min=16, max=4096, step=16,
+                             tooltip="Shot height, multiple of 16 (Wan2.1, A14B) or 32 (Wan2.2-TI2V-5B)."),
                 io.Combo.Input("mode", options=[m.value for m in Mode], default=Mode.REFERENCE_TO_SHOT.value,
                                tooltip="reference_to_shot: characters clean, all shots generated. text_to_shot: no "
                                        "references. shot_to_shot: the first shots are given, the rest generated. "
@@ -119,6 +123,6 @@ class ShotSequencePack(io.ComfyNode):
             lock = parse_shot_list(lock_shots or "", len(shots or ()))
             plan = plan_story(characters or (), shots or (), width, height, repeat=repeat, mode=mode,
                               keyframes=keyframes, lock_shots=lock, fit=fit, max_latent_frames=max_latent_frames,
-                              check_budget=False)
+                              check_budget=False, geometry=vae_geometry(vae))
             sequence = encode_story(plan, vae, lambda text: encode_text(clip, text), negative_prompt)
             return io.NodeOutput(sequence)

@@ -2,7 +2,7 @@
 
 from ..dreamshot.comfy_bridge.compat import io
 from ..dreamshot.comfy_bridge.role_patch import RoleAttentionConfig, parse_layers, with_role_attention
-from ..dreamshot.comfy_bridge.wan_patches import check_wan21_t2v
+from ..dreamshot.comfy_bridge.wan_patches import check_wan_t2v
 from ..dreamshot.errors import DreamShotInputError
 from .errors import reported_as
 from .types import CATEGORY
@@ -43,7 +43,7 @@ class RACLAttentionPatch(io.ComfyNode):
     @classmethod
     def execute(cls, model, strength, start_percent, end_percent, layers, auto_regions) -> io.NodeOutput:
         with reported_as(cls.DISPLAY):
-            check_wan21_t2v(model)
+            check_wan_t2v(model)
             if start_percent > end_percent:
                 raise DreamShotInputError("start_percent", f"start {start_percent} is after end {end_percent}.",
                                           "set start_percent <= end_percent.")

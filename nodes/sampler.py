@@ -3,7 +3,7 @@
 import comfy.samplers
 
 from ..dreamshot.comfy_bridge.compat import io
-from ..dreamshot.comfy_bridge.sampling import sample_long_story
+from ..dreamshot.comfy_bridge.sampling import WAN22_T2V_BOUNDARY, Experts, sample_long_story
 from .errors import reported_as
 from .types import CATEGORY, Sequence
 
@@ -22,7 +22,8 @@ class DreamShotSampler(io.ComfyNode):
                         "long stories in chunks; outputs one keyframe per shot.",
             is_experimental=True,
             inputs=[
-                io.Model.Input("model", tooltip="Wan2.1 T2V (from Load DreamShot Model)."),
+                io.Model.Input("model", tooltip="Wan2.1 T2V, Wan2.2-TI2V-5B or the Wan2.2-T2V-A14B high-noise expert "
+                                                "(from Load DreamShot Model)."),
                 Sequence.Input("sequence", tooltip="From Shot Sequence Pack."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
                              tooltip="Noise seed; the same seed gives the same storyboard. Each shot's initial noise "
@@ -50,6 +51,17 @@ class DreamShotSampler(io.ComfyNode):
                              tooltip="Storyboards made in this run, one after the other (one progress bar); variant v "
                                      "is exactly the storyboard of seed + v. The keyframes come out variant by "
                                      "variant (N x shots images); the Storyboard Sheet shows each variant as a row."),
+                io.Model.Input("model_low_noise", optional=True,
+                               tooltip="Wan2.2-T2V-A14B: the low-noise expert (connect the high-noise one to 'model'). "
+                                       "Each pass samples the high-noise steps with 'model' and the rest with this "
+                                       "one; the RACL patch and Shot LoRAs on 'model' apply to it too."),
+                io.Float.Input("switch_boundary", default=WAN22_T2V_BOUNDARY, min=0.0, max=1.0, step=0.005,
+                               round=0.0001, optional=True,
+                               tooltip="With model_low_noise: steps at sigma >= this go to 'model' (Wan2.2 T2V: "
+                                       "0.875, the official value; I2V used 0.9). Used when switch_step is 0."),
+                io.Int.Input("switch_step", default=0, min=0, max=10000, optional=True,
+                             tooltip="With model_low_noise: the first step of the low-noise expert (as ComfyUI's "
+                                     "Wan2.2 template's KSamplerAdvanced end/start step); 0 = from switch_boundary."),
             ],
             outputs=[
                 io.Image.Output(display_name="keyframes", tooltip="One image per shot, in story order (with "
@@ -61,9 +73,11 @@ class DreamShotSampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, sequence, seed, steps, cfg, sampler_name, scheduler, ref_cfg=2.0, chunk_size=0,
-                context_shots=0, variants=1) -> io.NodeOutput:
+                context_shots=0, variants=1, model_low_noise=None, switch_boundary=WAN22_T2V_BOUNDARY,
+                switch_step=0) -> io.NodeOutput:
         with reported_as(cls.DISPLAY):
+            experts = None if model_low_noise is None else Experts(model_low_noise, switch_boundary, switch_step)
             images, latent = sample_long_story(model, sequence, seed, steps, cfg, sampler_name, scheduler,
                                                ref_cfg=ref_cfg, chunk_size=chunk_size, context_shots=context_shots,
-                                               variants=variants)
+                                               variants=variants, experts=experts)
             return io.NodeOutput(images, {"samples": latent})

@@ -4,7 +4,7 @@ import folder_paths
 
 from ..dreamshot.comfy_bridge.compat import io
 from ..dreamshot.comfy_bridge.shot_lora import load_shot_lora, with_shot_lora
-from ..dreamshot.comfy_bridge.wan_patches import check_wan21_t2v
+from ..dreamshot.comfy_bridge.wan_patches import check_wan_t2v
 from ..dreamshot.errors import DreamShotInputError
 from ..dreamshot.shot_lora import parse_shot_numbers
 from .errors import reported_as
@@ -48,7 +48,7 @@ class ShotLoRA(io.ComfyNode):
     @classmethod
     def execute(cls, model, lora_name, strength, shots="", character="", include_references=False) -> io.NodeOutput:
         with reported_as(cls.DISPLAY):
-            check_wan21_t2v(model)
+            check_wan_t2v(model)
             picked = parse_shot_numbers(shots)
             character = character.strip()
             if picked is None and not character and shots.strip().lower() != "all":

@@ -60,6 +60,9 @@ _NOTES: list[str] = []
 # versions of what computes them (_CACHE_PACKAGES, ComfyUI's version and commit).
 TINY_MODELS_VERSION = "2"
 TINY_MODEL_FILES = ("dit.safetensors", "vae.safetensors", "umt5.safetensors")
+# Wan2.2: the tiny TI2V-5B DiT, the full-size random Wan2.2 VAE (1.4 GB: made only when a test asks) and
+# the second tiny A14B-layout expert (the low-noise one; dit.safetensors is the high-noise one).
+WAN22_FILES = ("dit_wan22_5b.safetensors", "vae_wan22.safetensors", "dit_low_noise.safetensors")
 _CACHE_SOURCES = (TESTS / "support" / "tiny_models.py",
                   TESTS / "support" / "test_nodes_pack" / "tiny_umt5_config.json",
                   REPO / "dreamshot" / "comfy_bridge" / "random_wan.py")
@@ -68,7 +71,8 @@ _CACHE_SOURCES = (TESTS / "support" / "tiny_models.py",
 _CACHE_PACKAGES = ("torch", "sentencepiece", "safetensors")
 # Fixtures that need ComfyUI: a test using one of them is a `comfyui` test.
 COMFY_FIXTURES = {"comfy_root", "comfy_headless", "pack_nodes", "N", "pack_module", "tiny_models_dir", "tiny_wan_model", "tiny_vae",
-                  "tiny_clip", "story_models"}
+                  "tiny_clip", "story_models", "wan22_models_dir", "tiny_wan22_model", "tiny_wan22_vae",
+                  "tiny_low_noise_model"}
 
 
 def pytest_configure(config):
@@ -178,15 +182,19 @@ def _lock(path: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def ensure_tiny_models(cache: Path | None = None) -> Path:
-    """Generate whatever of dit/vae/umt5.safetensors the cache lacks (atomic writes); return the dir."""
+def ensure_tiny_models(cache: Path | None = None, names=TINY_MODEL_FILES) -> Path:
+    """Generate whatever of ``names`` (dit/vae/umt5.safetensors by default, WAN22_FILES) the cache lacks
+    (atomic writes); return the dir."""
     from support import tiny_models
 
     cache = cache or tiny_models_cache_dir()
     makers = {"dit.safetensors": tiny_models.write_tiny_wan_dit, "vae.safetensors": tiny_models.write_random_wan_vae,
-              "umt5.safetensors": tiny_models.write_tiny_umt5}
+              "umt5.safetensors": tiny_models.write_tiny_umt5,
+              "dit_wan22_5b.safetensors": tiny_models.write_tiny_wan22_dit,
+              "vae_wan22.safetensors": tiny_models.write_random_wan22_vae,
+              "dit_low_noise.safetensors": lambda path: tiny_models.write_tiny_wan_dit(path, seed=1)}
     with _lock(cache / ".lock"):
-        for name in TINY_MODEL_FILES:
+        for name in names:
             if (cache / name).exists():
                 continue
             t0 = time.perf_counter()
@@ -227,6 +235,45 @@ def tiny_vae(tiny_models_dir):
     import comfy.utils
 
     return comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(tiny_models_dir / "vae.safetensors"), safe_load=True))
+
+
+@pytest.fixture(scope="session")
+def wan22_models_dir(tiny_models_dir) -> Path:
+    """tiny_models_dir with the Wan2.2 files too (WAN22_FILES: generated into the cross-run cache on
+    first use, the Wan2.2 VAE taking ~1 min and 1.4 GB)."""
+    cache = ensure_tiny_models(names=WAN22_FILES)
+    if tiny_models_dir == cache:
+        return cache
+    for name in WAN22_FILES:
+        if not (tiny_models_dir / name).exists():
+            (tiny_models_dir / name).symlink_to(cache / name)
+    return tiny_models_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_wan22_model(wan22_models_dir):
+    """ComfyUI MODEL of the tiny Wan2.2-TI2V-5B-layout DiT (WAN22: 48 channels, latent format Wan22)."""
+    import comfy.sd
+
+    return comfy.sd.load_diffusion_model(str(wan22_models_dir / "dit_wan22_5b.safetensors"))
+
+
+@pytest.fixture(scope="session")
+def tiny_wan22_vae(wan22_models_dir):
+    """comfy.sd.VAE of the full-size random Wan2.2 VAE (z_dim 48, 4x time / 16x space compression)."""
+    import comfy.sd
+    import comfy.utils
+
+    return comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(wan22_models_dir / "vae_wan22.safetensors"),
+                                                       safe_load=True))
+
+
+@pytest.fixture(scope="session")
+def tiny_low_noise_model(wan22_models_dir):
+    """The second tiny A14B-layout expert (WAN21, another seed than tiny_wan_model, the high-noise one)."""
+    import comfy.sd
+
+    return comfy.sd.load_diffusion_model(str(wan22_models_dir / "dit_low_noise.safetensors"))
 
 
 @pytest.fixture(scope="session")

@@ -244,10 +244,10 @@ def test_unknown_character_is_named(N, cast, tiny_vae, tiny_clip):
         _pack(N, tiny_vae, tiny_clip, shots, cast)
 
 
-def test_model_that_is_not_wan21_t2v_is_refused(N, tiny_wan_model):
+def test_model_that_is_not_wan_t2v_is_refused(N, tiny_wan_model):
     class NotWan:
         model = object()
-    with pytest.raises(ValueError, match="Load DreamShot Model: input 'model': DreamShot needs a Wan2.1"):
+    with pytest.raises(ValueError, match="Load DreamShot Model: input 'model': DreamShot needs a Wan text-to-video"):
         N.LoadDreamShotModel(model=NotWan(), lora_name="None", strength=1.0)
 
 

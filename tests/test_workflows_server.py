@@ -2,7 +2,7 @@
 127.0.0.1 with this pack installed in custom_nodes.
 
 The workflows name real model files; the test server's models folder maps those names to tiny
-random Wan2.1-format files (and the full-size random Wan VAE). ComfyUI's stock CLIPLoader cannot
+random Wan-format files (the full-size random Wan2.1 and Wan2.2 VAEs: neither can shrink). ComfyUI's stock CLIPLoader cannot
 build a tiny UMT5, so the test swaps CLIPLoader for a test-only loader node with the same output.
 Width/height drop to 64x64 and steps to 2 to keep CI fast; nothing else in the graph changes.
 The official-weights workflows get the tiny DiT under the 14B file name and synthetic LoRA files with
@@ -21,8 +21,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from support.build_workflows import (BOARDS, DISTILL_LORA, DIT, DIT_14B, FLF2V, INPUT_IMAGES, RL_LORA, SFT_LORA,
-                                     SHOT_LORA, STORY, STORY_DIR, STORY_FILE, TEXT_ENCODER, VAE, WORKFLOWS_BUILT)
+from support.build_workflows import (BOARDS, DISTILL_LORA, DIT, DIT_14B, DIT_5B, DIT_A14B_HIGH, DIT_A14B_LOW,
+                                     FLF2V, INPUT_IMAGES, RL_LORA, SFT_LORA, SHOT_LORA, STORY, STORY_DIR,
+                                     STORY_FILE, TEXT_ENCODER, VAE, VAE_22, WORKFLOWS_BUILT)
 from support.official_loras import distill_lora, released_lora
 from support.server import ComfyServer, PromptFailed, PromptRejected, make_base_dir
 from support.workflow_api import ui_to_api
@@ -33,7 +34,7 @@ WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny_models_dir, comfy_root, comfy_headless):
+def server(tmp_path_factory, tiny_models_dir, wan22_models_dir, comfy_root, comfy_headless):
     from support.tiny_flf2v import write_tiny_flf2v
 
     base = tmp_path_factory.mktemp("comfy_base")
@@ -52,8 +53,13 @@ def server(tmp_path_factory, tiny_models_dir, comfy_root, comfy_headless):
         loras[name] = base / f"src_{name}"
         safetensors.torch.save_file(sd, str(loras[name]))
     make_base_dir(base, models={"diffusion_models": {DIT: tiny_models_dir / "dit.safetensors",
-                                                     DIT_14B: tiny_models_dir / "dit.safetensors", FLF2V: flf2v},
-                                "vae": {VAE: tiny_models_dir / "vae.safetensors"},
+                                                     DIT_14B: tiny_models_dir / "dit.safetensors",
+                                                     DIT_5B: wan22_models_dir / "dit_wan22_5b.safetensors",
+                                                     DIT_A14B_HIGH: tiny_models_dir / "dit.safetensors",
+                                                     DIT_A14B_LOW: wan22_models_dir / "dit_low_noise.safetensors",
+                                                     FLF2V: flf2v},
+                                "vae": {VAE: tiny_models_dir / "vae.safetensors",
+                                        VAE_22: wan22_models_dir / "vae_wan22.safetensors"},
                                 "text_encoders": {TEXT_ENCODER: tiny_models_dir / "umt5.safetensors"},
                                 "dreamshot": {SFT_LORA: loras[SFT_LORA], RL_LORA: loras[RL_LORA]},
                                 "loras": {DISTILL_LORA: loras[DISTILL_LORA], SHOT_LORA: loras[SHOT_LORA]}},
@@ -80,6 +86,10 @@ def _prompt(server, name, **overrides):
             node["inputs"].update(width=64, height=64, length=5)
         if node["class_type"] == "ImageFromBatch":
             node["inputs"].update(length=4)          # drops the last of 5 frames, as 32 of 33 in the file
+    if any(n["class_type"] == "VAELoader" and n["inputs"]["vae_name"] == VAE_22 for n in prompt.values()):
+        for node in prompt.values():   # the full-size random Wan2.2 VAE is 705M parameters: 64x32
+            if node["class_type"] == "DreamShotShotSequencePack":
+                node["inputs"].update(height=32)
     for node_id, inputs in overrides.items():
         prompt[node_id]["inputs"].update(inputs)
     return prompt
@@ -116,10 +126,11 @@ def test_bundled_workflow_runs_in_the_real_server(server, name):
     sheets = _images(server, entry, "DreamShotStoryboardSheet", prompt)
     videos = [r for i, r in entry["outputs"].items() if prompt[i]["class_type"] == "SaveVideo"]
     assert saved or sheets or videos
+    size = (32, 64, 3) if name.startswith("dreamshot_wan22_5b") else (64, 64, 3)
     for images in saved.values():
-        assert len(images) == len(STORY) and all(im.shape == (64, 64, 3) for im in images)
+        assert len(images) == len(STORY) and all(im.shape == size for im in images)
     for images in sheets.values():
-        assert len(images) == 1 and images[0].shape[0] > 64
+        assert len(images) == 1 and images[0].shape[0] > size[0]
 
 
 def test_edit_workflow_keeps_locked_shots_identical(server):
@@ -136,6 +147,66 @@ def test_edit_workflow_keeps_locked_shots_identical(server):
     for j in (0, 1, 3):
         assert np.array_equal(before[j], after[j]), f"locked shot {j + 1} changed"
     assert not np.array_equal(before[2], after[2])
+
+
+def _on_wan22_5b(prompt):
+    """The same graph on Wan2.2-TI2V-5B: its DiT and its VAE (48 channels, 16x), 64x32 (multiples of 32)."""
+    for node in prompt.values():
+        if node["class_type"] == "UNETLoader":
+            node["inputs"]["unet_name"] = DIT_5B
+        if node["class_type"] == "VAELoader":
+            node["inputs"]["vae_name"] = VAE_22
+        if node["class_type"] == "DreamShotShotSequencePack":
+            node["inputs"].update(width=64, height=32)
+    return prompt
+
+
+@pytest.mark.parametrize("name", ["dreamshot_text_to_shot.json", "dreamshot_shot_to_shot.json"])
+def test_modes_run_on_wan22_5b_in_the_real_server(server, name):
+    """T2S and S2S on the 5B (R2S with the RACL patch is its bundled workflow, edit below; the kept
+    frames' exactness on the 5B: tests/test_wan22.py)."""
+    prompt = _on_wan22_5b(_prompt(server, name))
+    entry = server.wait(server.queue(prompt), timeout=900)
+    [images] = _images(server, entry, "SaveImage", prompt).values()
+    assert len(images) == len(STORY) and all(im.shape == (32, 64, 3) for im in images)
+
+
+def test_edit_on_wan22_5b_keeps_locked_shots_identical(server):
+    prompt = _on_wan22_5b(_prompt(server, "dreamshot_edit_one_shot.json"))
+    samplers = [i for i, n in prompt.items() if n["class_type"] == "DreamShotSampler"]
+    prompt["900"] = {"class_type": "SaveImage", "inputs": {"images": [samplers[0], 0], "filename_prefix": "before"}}
+    prompt["901"] = {"class_type": "SaveImage", "inputs": {"images": [samplers[1], 0], "filename_prefix": "after"}}
+    entry = server.wait(server.queue(prompt), timeout=900)
+    saved = _images(server, entry, "SaveImage", prompt)
+    before, after = saved["900"], saved["901"]
+    for j in (0, 1, 3):
+        assert np.array_equal(before[j], after[j]), f"locked shot {j + 1} changed"
+    assert not np.array_equal(before[2], after[2])
+
+
+def test_two_experts_switch_at_the_boundary_in_the_real_server(server, tiny_wan_model):
+    """The A14B workflow at 8 steps: the server's sampler logs the split; it is where ComfyUI's own
+    schedule for the workflow's shift crosses sigma 0.875."""
+    import comfy.samplers
+    from comfy_extras.nodes_model_advanced import ModelSamplingSD3
+
+    prompt = _prompt(server, "dreamshot_wan22_a14b_two_experts.json")
+    sampler = next(n for n in prompt.values() if n["class_type"] == "DreamShotSampler")
+    sampler["inputs"].update(steps=8)
+    shift = next(n for n in prompt.values() if n["class_type"] == "ModelSamplingSD3")["inputs"]["shift"]
+    sigmas = comfy.samplers.KSampler(ModelSamplingSD3().patch(tiny_wan_model, shift)[0], steps=8, device="cpu",
+                                     sampler="euler", scheduler="simple").sigmas
+    switch = next(i for i in range(8) if float(sigmas[i]) < 0.875)
+    assert 0 < switch < 8
+    start = server.log_path.stat().st_size
+    entry = server.wait(server.queue(prompt), timeout=900)
+    [images] = _images(server, entry, "DreamShotStoryboardSheet", prompt).values()
+    assert len(images) == 1
+    with open(server.log_path, "rb") as f:
+        f.seek(start)
+        text = f.read().decode(errors="replace")
+    assert f"two experts, {switch} step(s) with the high-noise model, {8 - switch} with the low-noise one " \
+           f"(switch at step {switch}," in text
 
 
 def test_invalid_prompt_is_rejected_with_http_400(server):

@@ -1,4 +1,4 @@
-"""Every DreamShot attention op against the plain attention call it replaces, at Wan2.1 model sizes.
+"""Every DreamShot attention op against the plain attention call it replaces, at Wan model sizes.
 
 One transformer block's attention at the real width, head count, batch and dtype (bf16): q, k, v of
 [2, N, dim] for a story of 3 characters (one reference frame each) and 6 shots, 9 latent frames.
@@ -19,7 +19,7 @@ import torch
 
 from ..attention import RepeatedKeys, per_shot_cross_attention, sdpa_attention
 from ..guidance import self_attention_without_refs
-from ..layout import PIXEL_MULTIPLE, StoryLayout
+from ..layout import WAN21, Geometry, StoryLayout
 from ..roles import auto_regions, build_role_map, racl_loss, role_masked_self_attention
 from .measure import Measurement, ShapeOnly, measure, peak_bytes, profile_cpu, sdpa_kernels
 
@@ -32,15 +32,21 @@ class ModelSize:
     blocks: int
     width: int
     height: int
+    geometry: Geometry = WAN21
 
     @property
     def head_dim(self) -> int:
         return self.dim // self.heads
 
 
+# Wan2.2-TI2V-5B's latent (what ComfyUI reads from its VAE and DiT, comfy_bridge.geometry; checked against
+# ComfyUI's own objects by tests/test_wan22.py): 48 channels, 16x space, 4x time, patch (1, 2, 2); the DiT
+# is the official configs/wan_ti2v_5B.py's (dim 3072, 24 heads, 30 layers). Its 720p is 1280x704.
+WAN22_5B_GEOMETRY = Geometry(latent_channels=48, spatial=16, temporal=4, patch=(1, 2, 2), name="Wan2.2")
 MODEL_SIZES = {
     "14B": ModelSize("14B", dim=5120, heads=40, blocks=40, width=1280, height=720),
     "1.3B": ModelSize("1.3B", dim=1536, heads=12, blocks=30, width=832, height=480),
+    "5B": ModelSize("5B", dim=3072, heads=24, blocks=30, width=1280, height=704, geometry=WAN22_5B_GEOMETRY),
 }
 # The reference story: 3 characters with one reference frame each, 6 shots of one latent frame
 # (9 latent frames = 32,400 tokens at 1280x720), each shot listing all three characters (so auto
@@ -53,16 +59,18 @@ BANDS = [(0.0, 0.0, 0.3, 1.0), (0.3, 0.0, 0.6, 1.0), (0.6, 0.0, 0.9, 1.0)]
 
 
 def frame_size(size: ModelSize, scale: int = 1) -> tuple[int, int]:
-    """The model's frame with each side divided by ``scale`` (multiples of 16)."""
+    """The model's frame with each side divided by ``scale`` (multiples of its token side: 16, 5B: 32)."""
+    multiple = size.geometry.pixel_multiple
+
     def side(v):
-        return max(PIXEL_MULTIPLE, v // scale // PIXEL_MULTIPLE * PIXEL_MULTIPLE)
+        return max(multiple, v // scale // multiple * multiple)
     return side(size.width), side(size.height)
 
 
 def _cases(size: ModelSize, width: int, height: int, device, dtype, values: bool = True):
     """The plain calls {name: fn} and the ops [(name, plain call's name, fn)] of one block's attention.
     ``values`` False: the activations are left uninitialised (shape accounting, measure.ShapeOnly)."""
-    lay = StoryLayout(num_refs=REFS, num_shots=SHOTS, width=width, height=height)
+    lay = StoryLayout(num_refs=REFS, num_shots=SHOTS, width=width, height=height, geometry=size.geometry)
     n, inner, heads, p = lay.num_tokens, size.dim, size.heads, lay.tokens_per_frame
     g = torch.Generator(device=device).manual_seed(0)
 

@@ -40,12 +40,12 @@ def unet_model_options(weight_dtype: str = "default") -> dict:
 
 
 def load_diffusion_model(path: str, weight_dtype: str = "default", forced_dtype: str | None = None):
-    """The Wan2.1 T2V DiT at ``path`` as UNETLoader loads it (comfy.sd.load_diffusion_model with its
+    """The Wan T2V DiT at ``path`` as UNETLoader loads it (comfy.sd.load_diffusion_model with its
     model_options). ``forced_dtype`` (bf16/fp16/fp32, the deprecated --dit-dtype) replaces UNETLoader's
     dtype choice."""
     import comfy.sd
 
-    from .wan_patches import check_wan21_t2v
+    from .wan_patches import check_wan_t2v
 
     if not path or not Path(path).is_file():
         raise FileNotFoundError(f"model.dit: file {str(path)!r} not found")
@@ -53,7 +53,7 @@ def load_diffusion_model(path: str, weight_dtype: str = "default", forced_dtype:
     if forced_dtype is not None:
         options["dtype"] = FORCED_DTYPES[forced_dtype]
     model = comfy.sd.load_diffusion_model(str(path), model_options=options)
-    check_wan21_t2v(model)
+    check_wan_t2v(model)
     return model
 
 

@@ -39,14 +39,16 @@ def fill_random(module: torch.nn.Module, seed: int, gain: float = 1.0, generate_
                 p.copy_(drawn(torch.randn(p.shape, generator=g, **where) * gain / p[0].numel() ** 0.5, p))
 
 
-def random_wan_dit(dim=256, ffn_dim=512, num_layers=2, seed=0, device=None, dtype=None, fill=True):
+def random_wan_dit(dim=256, ffn_dim=512, num_layers=2, seed=0, device=None, dtype=None, fill=True, channels=16):
     """A ComfyUI WanModel (T2V) with random weights (``fill`` False: uninitialised, e.g. on "meta");
-    its state_dict uses the original Wan key names."""
+    its state_dict uses the original Wan key names. ``channels``: 16 is Wan2.1's layout (also each
+    Wan2.2-A14B expert's), 48 Wan2.2-TI2V-5B's (ComfyUI detects out_dim 48 as WAN22_T2V, with the
+    Wan2.2 latent format)."""
     import comfy.ldm.wan.model as wan
     import comfy.ops
 
     model = wan.WanModel(model_type="t2v", dim=dim, ffn_dim=ffn_dim, num_heads=dim // 128, num_layers=num_layers,
-                         text_dim=4096, in_dim=16, out_dim=16, device=device, dtype=dtype,
+                         text_dim=4096, in_dim=channels, out_dim=channels, device=device, dtype=dtype,
                          operations=comfy.ops.disable_weight_init)
     if fill:
         fill_random(model, seed)

@@ -9,12 +9,18 @@
   is generated; variants are whole storyboards sampled one after the other in one run.
 - Preview: the previewer gets the pass's shots tiled into one frame (dreamshot.preview), not latent
   frame 0 (a reference).
+- Two experts (Wan2.2-T2V-A14B): an ``Experts`` value gives the low-noise model and the switch; each
+  pass samples its high-noise steps with the first model and the rest with the second, as ComfyUI's
+  own Wan2.2 template chains two KSamplerAdvanced (the same seed, the second adding no noise, the
+  first returning its leftover noise), within one pass and one progress bar; both get the story
+  patches.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 
 import comfy.model_management
 import comfy.sample
@@ -33,7 +39,8 @@ from ..seeds import shot_seeds, story_noise, variant_seed
 from ..story import Character, Shot, StorySequence, fold_chunk_text, plan_story, unfold_story
 from ..text_fold import context_segments
 from .role_patch import CONFIG_KEY as ROLE_CONFIG_KEY
-from .wan_patches import NO_REFS_KEY, patch_for_story
+from .geometry import check_story_fits_model
+from .wan_patches import NO_REFS_KEY, patch_for_story, share_story_patches
 
 log = logging.getLogger("DreamShot")
 
@@ -88,16 +95,87 @@ def initial_noise(sequence, seed: int, like: torch.Tensor) -> torch.Tensor:
     return story_noise(sequence.layout, seeds, like.shape[1], like.dtype)
 
 
+# Wan2.2-T2V-A14B's switch: steps at sigma >= 0.875 go to the high-noise expert (the official
+# configs/wan_t2v_A14B.py ``boundary = 0.875``; the I2V experts use 0.900), sigma as ComfyUI's Wan
+# model_sampling gives it (the official timestep / 1000).
+WAN22_T2V_BOUNDARY = 0.875
+
+
+@dataclass(frozen=True)
+class Experts:
+    """A second model for the low-noise steps (Wan2.2-T2V-A14B's low-noise expert) and where it takes
+    over: at ``switch_step`` when > 0, else at the first step whose sigma is below ``boundary`` (the
+    official rule: a step at sigma >= boundary is the high-noise expert's)."""
+
+    low_noise: object
+    boundary: float = WAN22_T2V_BOUNDARY
+    switch_step: int = 0
+
+    def switch_index(self, sigmas: torch.Tensor) -> int:
+        """The first step (0-based, into ``sigmas``' steps) that the low-noise model samples; the number
+        of steps when the high-noise model samples them all."""
+        steps = len(sigmas) - 1
+        if self.switch_step > 0:
+            return min(self.switch_step, steps)
+        return next((i for i in range(steps) if float(sigmas[i]) < self.boundary), steps)
+
+
+def _guided_sample(m, noise, latent_image, sigmas, positive, negative, cfg, sampler_name, ref_cfg, mask,
+                   callback, disable_pbar, seed):
+    """What comfy.sample.sample runs (a CFGGuider over ``sigmas``), or the two-scale guider."""
+    guider = TwoScaleGuider(m, ref_cfg) if ref_cfg is not None else comfy.samplers.CFGGuider(m)
+    guider.set_conds(positive, negative)
+    guider.set_cfg(cfg)
+    out = guider.sample(noise, latent_image, comfy.samplers.sampler_object(sampler_name), sigmas,
+                        denoise_mask=mask, callback=callback, disable_pbar=disable_pbar, seed=seed)
+    return out.to(comfy.model_management.intermediate_device())
+
+
+def _two_experts(m, m_low, experts, noise, latent_image, keep, steps, scheduler, denoise, sampler_name,
+                 positive, negative, cfg, ref_cfg, mask, callback, disable_pbar, seed):
+    """The high-noise steps with ``m``, the rest with ``m_low``: two KSamplerAdvanced as ComfyUI's Wan2.2
+    template chains them (the schedule is the first model's; the first stops with its leftover noise,
+    the second starts from it adding none), with the clean frames put back exactly in between."""
+    sigmas = comfy.samplers.KSampler(m, steps=steps, device=m.load_device, sampler=sampler_name,
+                                     scheduler=scheduler, denoise=denoise, model_options=m.model_options).sigmas
+    low_sigmas = comfy.samplers.KSampler(m_low, steps=steps, device=m_low.load_device, sampler=sampler_name,
+                                         scheduler=scheduler, denoise=denoise,
+                                         model_options=m_low.model_options).sigmas
+    if low_sigmas.shape != sigmas.shape or not torch.allclose(low_sigmas.cpu(), sigmas.cpu()):
+        log.warning("DreamShot: the two experts have different sigma schedules (another shift on each?); both "
+                    "follow the first model's, as the official Wan2.2 sampler runs one schedule.")
+    switch = experts.switch_index(sigmas)
+    log.info("DreamShot: two experts, %d step(s) with the high-noise model, %d with the low-noise one (switch at "
+             "step %d, sigma %.4f)", switch, len(sigmas) - 1 - switch, switch, float(sigmas[switch]))
+    total = len(sigmas) - 1
+
+    def at(offset):   # one progress count over both stages
+        return lambda step, x0, x, total_steps: callback(offset + step, x0, x, total)
+
+    out = latent_image
+    if switch > 0:
+        out = _guided_sample(m, noise, latent_image, sigmas[:switch + 1], positive, negative, cfg, sampler_name,
+                             ref_cfg, mask, at(0), disable_pbar, seed)
+        out = out.to(latent_image.device, latent_image.dtype)
+        out[:, :, keep] = latent_image[:, :, keep]   # the low-noise model sees the clean frames exactly
+        noise = torch.zeros_like(noise)               # KSamplerAdvanced's add_noise disabled
+    if switch < total:
+        out = _guided_sample(m_low, noise, out, sigmas[switch:], positive, negative, cfg, sampler_name, ref_cfg,
+                             mask, at(switch), disable_pbar, seed)
+    return out
+
+
 def sample_story(model, sequence, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str,
                  denoise: float = 1.0, ref_cfg: float = 1.0, callback=None,
-                 story_pass: StoryPass | None = None) -> torch.Tensor:
+                 story_pass: StoryPass | None = None, experts: Experts | None = None) -> torch.Tensor:
     """Denoise the generated frames of ``sequence``; returns the full packed latent [1, C, F, h, w].
 
     Clean frames (references, kept shots) are copied back from the input afterwards: the sampler
     keeps them to ~1e-6, DreamShot promises them bit-exact. ``ref_cfg`` is ignored (1) when the
     story has no references. ``seed`` seeds the shots without a seed of their own (initial_noise)
     and the sampler's own noise (ancestral / SDE samplers). ``story_pass``: when ``sequence`` is one
-    chunk of a story, its shots' story indices (for Shot LoRAs).
+    chunk of a story, its shots' story indices (for Shot LoRAs). ``experts``: a low-noise model and the
+    switch (Wan2.2-T2V-A14B); it gets ``model``'s story patches (RACL, Shot LoRAs) it lacks.
     """
     m = patch_for_story(model, sequence, story_pass)
     latent = sequence.latent
@@ -108,7 +186,17 @@ def sample_story(model, sequence, seed: int, steps: int, cfg: float, sampler_nam
     negative = [[sequence.negative, {}]]
     callback = callback or _progress_callback(m, steps, layout=sequence.layout)
     disable_pbar = not comfy.utils.PROGRESS_BAR_ENABLED
-    if ref_cfg == 1.0 or sequence.layout.num_refs == 0:
+    keep = torch.tensor([not g for g in sequence.layout.denoise_mask_values()], device=latent.device)
+    keep = keep.nonzero().flatten()
+    two_scale = not (ref_cfg == 1.0 or sequence.layout.num_refs == 0)
+    if experts is not None:
+        low = share_story_patches(model, experts.low_noise)   # refuses what is not a Wan T2V model
+        check_story_fits_model(sequence.layout, low, input_name="model_low_noise")
+        m_low = patch_for_story(low, sequence, story_pass)
+        out = _two_experts(m, m_low, experts, noise, latent_image, keep, steps, scheduler, denoise, sampler_name,
+                           positive, negative, cfg, ref_cfg if two_scale else None, mask, callback, disable_pbar,
+                           seed)
+    elif not two_scale:
         out = comfy.sample.sample(
             m, noise, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
             denoise=denoise, noise_mask=mask, callback=callback, disable_pbar=disable_pbar, seed=seed)
@@ -122,8 +210,6 @@ def sample_story(model, sequence, seed: int, steps: int, cfg: float, sampler_nam
                             denoise_mask=mask, callback=callback, disable_pbar=disable_pbar, seed=seed)
         out = out.to(comfy.model_management.intermediate_device())
     out = out.to(latent.device, latent.dtype)
-    keep = torch.tensor([not g for g in sequence.layout.denoise_mask_values()], device=out.device)
-    keep = keep.nonzero().flatten()
     out[:, :, keep] = latent[:, :, keep]
     return out
 
@@ -227,7 +313,7 @@ def chunk_sequence(sequence: StorySequence, context: list[int], targets: list[in
     else:
         mode = Mode.REFERENCE_TO_SHOT if characters else Mode.TEXT_TO_SHOT
     sub = plan_story(characters, shots, lay.width, lay.height, repeat=lay.repeat, mode=mode,
-                     fit="stretch", max_latent_frames=10 ** 6)
+                     fit="stretch", max_latent_frames=10 ** 6, geometry=lay.geometry)
     if plan.encode_images is not None:   # edit with the earlier storyboard: encode it whole (see StoryPlan)
         sub.encode_images = [keyframes[j] for j in context] + [plan.encode_images[j] for j in targets]
 
@@ -274,7 +360,8 @@ def unused_story_fields(model, plan, cfg: float) -> list[str]:
 def sample_long_story(model, sequence, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str,
                       ref_cfg: float = 1.0, chunk_size: int = 0, context_shots: int = 0,
                       on_chunk=None, done: dict[int, torch.Tensor] | None = None,
-                      on_keyframes=None, variants: int = 1) -> tuple[torch.Tensor, torch.Tensor | None]:
+                      on_keyframes=None, variants: int = 1,
+                      experts: Experts | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Keyframes [V*S, H, W, 3] (variant-major) and the shots' latents [V, C, S*T/4, h, w] of the story.
 
     One chunk (chunk_size 0 or >= shots) is exactly ``sample_story`` on the sequence. Every chunk
@@ -289,7 +376,7 @@ def sample_long_story(model, sequence, seed: int, steps: int, cfg: float, sample
     each chunk's new keyframes as soon as they exist and may return replacements used from then on
     (e.g. the images as saved to 8-bit PNG, so that a resumed run continues from exactly what an
     uninterrupted one would). A chunk skipped because of ``done`` has no latent: then the latent is
-    None.
+    None. ``experts``: each pass samples its low-noise steps with the second model (``sample_story``).
     """
     if variants < 1:
         raise DreamShotInputError("variants", f"variants must be at least 1, got {variants}.", "use 1 or more.")
@@ -336,7 +423,8 @@ def sample_long_story(model, sequence, seed: int, steps: int, cfg: float, sample
             n += 1
             callback = _progress_callback(model, steps, offset=step0, total=total, progress=progress, layout=sub.layout)
             latent = sample_story(model, sub, run_seed, steps, cfg, sampler_name, scheduler, ref_cfg=ref_cfg,
-                                  callback=callback, story_pass=StoryPass(plan, tuple(context + targets)))
+                                  callback=callback, story_pass=StoryPass(plan, tuple(context + targets)),
+                                  experts=experts)
             images = keyframes_from_latent(sub, latent)[len(context):]
             if on_keyframes is not None:
                 replaced = on_keyframes(targets, images)

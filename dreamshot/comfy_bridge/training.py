@@ -38,14 +38,14 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 # -- loading --------------------------------------------------------------------------------------
 def load_dit(path: str, dtype: str = "bf16"):
-    """The Wan2.1 T2V DiT as a ComfyUI MODEL, weights in ``dtype``: a static ModelPatcher (never
-    dynamic VRAM), which training loads whole or shards with FSDP."""
+    """The Wan T2V DiT (Wan2.1, Wan2.2-TI2V-5B, an A14B expert) as a ComfyUI MODEL, weights in
+    ``dtype``: a static ModelPatcher (never dynamic VRAM), which training loads whole or shards with FSDP."""
     from .compat import load_static_diffusion_model
-    from .wan_patches import check_wan21_t2v
+    from .wan_patches import check_wan_t2v
 
     _need_file("model.dit", path)
     m = load_static_diffusion_model(str(path), model_options={"dtype": DTYPES[dtype]})
-    check_wan21_t2v(m)
+    check_wan_t2v(m)
     return m
 
 
@@ -65,7 +65,7 @@ def load_dit_on_meta(path: str, dtype: str = "bf16"):
     import comfy.utils
 
     from ..safetensors_header import read_header
-    from .wan_patches import check_wan21_t2v
+    from .wan_patches import check_wan_t2v
 
     _need_file("model.dit", path)
     header = read_header(path)
@@ -82,7 +82,7 @@ def load_dit_on_meta(path: str, dtype: str = "bf16"):
     model = config.get_model(sd, "", device=torch.device("meta"))
     m = comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=mm.unet_offload_device())
     m.model.dreamshot_weights = (str(path), file_prefix)   # where fill_sharded reads them (clones share it)
-    check_wan21_t2v(m)
+    check_wan_t2v(m)
     return m
 
 
@@ -140,9 +140,16 @@ def model_shift(m) -> float:
 
 
 def describe_base_model(m, path: str = "") -> str:
+    """wan2.1_t2v_<size> for a WAN21 DiT (a Wan2.2-A14B expert has the 14B's shape: the file name tells),
+    wan2.2_ti2v_5B for a WAN22 one (48 latent channels)."""
+    import comfy.model_base
+
     dm = m.model.diffusion_model
-    size = {1536: "1.3B", 5120: "14B"}.get(dm.dim, f"dim{dm.dim}-{len(dm.blocks)}blocks")
     name = Path(path).name if path else ""
+    if type(m.model) is comfy.model_base.WAN22:
+        size = {3072: "5B"}.get(dm.dim, f"dim{dm.dim}-{len(dm.blocks)}blocks")
+        return f"wan2.2_ti2v_{size}" + (f" ({name})" if name else "")
+    size = {1536: "1.3B", 5120: "14B"}.get(dm.dim, f"dim{dm.dim}-{len(dm.blocks)}blocks")
     return f"wan2.1_t2v_{size}" + (f" ({name})" if name else "")
 
 
@@ -443,7 +450,7 @@ class StoryModel:
     def __init__(self, model, adapters: TrainableAdapters, gradient_checkpointing: bool = True, racl=None,
                  offload_activations: bool = False, blocks_to_swap: int = 0, racl_budget_bytes: int = 0):
         from .compat import is_dynamic
-        from .wan_patches import SELF_ATTENTION_HOOKS_KEY, _attention_override, _clean_frame_patches
+        from .wan_patches import SELF_ATTENTION_HOOKS_KEY, _attention_override, _clean_frame_patches, native_clean_frames
 
         if is_dynamic(model):
             # ModelPatcherDynamic (comfy/model_patcher.py @08d0e510) streams weights per op: load_models_gpu
@@ -453,8 +460,9 @@ class StoryModel:
             raise RuntimeError("DreamShot training needs a static ModelPatcher, got a dynamic-VRAM one "
                                "(ModelPatcherDynamic): load the DiT with dreamshot.comfy_bridge.training.load_dit.")
         m = model.clone()
-        for name, obj in _clean_frame_patches(m).items():
-            m.add_object_patch(name, obj)
+        if not native_clean_frames(m):   # Wan2.2-TI2V-5B (WAN22) sees clean frames at t = 0 by itself
+            for name, obj in _clean_frame_patches(m).items():
+                m.add_object_patch(name, obj)
         to = m.model_options.setdefault("transformer_options", {})
         to["optimized_attention_override"] = _attention_override(to.get("optimized_attention_override"))
         blocks = m.model.diffusion_model.blocks

@@ -1,9 +1,9 @@
-"""Patches that turn ComfyUI's stock Wan2.1 into a DreamShot model, on a clone only.
+"""Patches that turn ComfyUI's stock Wan text-to-video model into a DreamShot model, on a clone only.
 
-- Clean frames: three object patches on the WAN21 BaseModel, the way ComfyUI's WAN22 does it
-  natively (extra_conds forwards the denoise mask, process_timestep gives per-frame timesteps,
-  scale_latent_inpaint hands the model the clean latent), so references and kept shots reach
-  the DiT exactly clean at t = 0.
+- Clean frames: three object patches on the WAN21 BaseModel (Wan2.1, the Wan2.2-A14B experts), the way
+  ComfyUI's WAN22 (Wan2.2-TI2V-5B) does it natively (extra_conds forwards the denoise mask,
+  process_timestep gives per-frame timesteps, scale_latent_inpaint hands the model the clean latent),
+  so references and kept shots reach the DiT exactly clean at t = 0. WAN22 keeps its own.
 - Per-shot cross-attention: transformer_options["optimized_attention_override"], reading the
   story's frame -> prompt-segment map from transformer_options["dreamshot"]. A folded story text
   (dreamshot.text_fold) adds its key bias (positive rows for the batch chunks ComfyUI marks 0 in
@@ -23,6 +23,7 @@ import comfy.model_base
 import comfy.patcher_extension
 
 from . import compat, role_patch, shot_lora
+from .geometry import check_story_fits_model
 from ..attention import per_shot_cross_attention
 from ..clean_frames import per_frame_timestep
 from ..guidance import self_attention_without_refs
@@ -46,21 +47,37 @@ WRAPPER_KEY = "dreamshot_story"   # the DIFFUSION_MODEL wrapper that keeps Dream
 _POSITIONAL = ("mask", "attn_precision", "skip_reshape", "skip_output_reshape")
 
 
-def check_wan21_t2v(model, node: str | None = None) -> None:
-    """Refuse anything but a Wan2.1 text-to-video model, with a message naming the fix."""
+def check_wan_t2v(model, node: str | None = None, input_name: str = "model") -> None:
+    """Refuse anything but a Wan text-to-video model, with a message naming the fix: Wan2.1 T2V (1.3B,
+    14B), either Wan2.2-T2V-A14B expert (ComfyUI loads them as WAN21) or Wan2.2-TI2V-5B (WAN22, its 48
+    input channels are its latent: text-to-video with a clean first frame, no image channels)."""
     from ..errors import DreamShotInputError
 
     base = getattr(model, "model", None)
-    if type(base) is not comfy.model_base.WAN21:
+    if type(base) not in (comfy.model_base.WAN21, comfy.model_base.WAN22):
         name = type(base).__name__ if base is not None else type(model).__name__
         raise DreamShotInputError(
-            "model", f"DreamShot needs a Wan2.1 text-to-video model, got {name}.",
-            "load wan2.1_t2v_1.3B or wan2.1_t2v_14B with Load Diffusion Model (UNETLoader).", node=node)
+            input_name, f"DreamShot needs a Wan text-to-video model, got {name}.",
+            "load wan2.1_t2v_14B / 1.3B, wan2.2_ti2v_5B or the wan2.2_t2v A14B high/low-noise experts with Load "
+            "Diffusion Model (UNETLoader).", node=node)
     dm = base.diffusion_model
     if dm.patch_embedding.weight.shape[1] != dm.out_dim or getattr(dm, "img_emb", None) is not None:
         raise DreamShotInputError(
-            "model", "this Wan2.1 checkpoint is an image-to-video / Fun variant, not text-to-video.",
-            "load a Wan2.1 T2V checkpoint (wan2.1_t2v_1.3B or wan2.1_t2v_14B).", node=node)
+            input_name, "this Wan checkpoint is an image-to-video / Fun variant, not text-to-video.",
+            "load a text-to-video checkpoint (wan2.1_t2v_14B / 1.3B, wan2.2_ti2v_5B, the wan2.2_t2v A14B experts).",
+            node=node)
+
+
+# The name before Wan2.2 (kept for callers on other branches).
+check_wan21_t2v = check_wan_t2v
+
+
+def native_clean_frames(model) -> bool:
+    """True when the model already sees clean frames at t = 0 by itself: ComfyUI's WAN22 forwards the
+    denoise mask and scales the timestep per frame exactly as ``_clean_frame_patches`` does
+    (comfy/model_base.py WAN22: the mask's mean over channels and space times t, [B, F]; tested equal to
+    dreamshot.clean_frames.per_frame_timestep)."""
+    return type(getattr(model, "model", None)) is comfy.model_base.WAN22
 
 
 def _clean_frame_patches(patcher):
@@ -250,10 +267,12 @@ def patch_for_story(model, sequence, story_pass=None):
 
     ``story_pass`` (dreamshot.shot_lora.StoryPass): when ``sequence`` is one pass of a longer story,
     which story shot each of its shots is (Shot LoRAs are given in story shots)."""
-    check_wan21_t2v(model)
+    check_wan_t2v(model)
+    check_story_fits_model(sequence.layout, model)
     m = model.clone()
-    for name, obj in _clean_frame_patches(m).items():
-        m.add_object_patch(name, obj)
+    if not native_clean_frames(m):
+        for name, obj in _clean_frame_patches(m).items():
+            m.add_object_patch(name, obj)
     to = m.model_options.setdefault("transformer_options", {})
     dm = m.get_model_object("diffusion_model")
     to[OVERRIDE_KEY] = _attention_override(to.get(OVERRIDE_KEY), dm)
@@ -265,3 +284,41 @@ def patch_for_story(model, sequence, story_pass=None):
         role_patch.install(m, sequence, role_config, SELF_ATTENTION_HOOKS_KEY)
     shot_lora.install(m, sequence, story_pass)
     return m
+
+
+def share_story_patches(source, target):
+    """``target`` (a second model: Wan2.2-T2V-A14B's low-noise expert) with the DreamShot patches the
+    nodes put on ``source`` that it lacks: the RACL Attention Patch, Shot LoRAs and masked text padding
+    (a clone; a patch the target carries itself is kept). Shot LoRAs move only between DiTs of one
+    shape (the A14B experts share one)."""
+    from ..errors import DreamShotInputError
+
+    check_wan_t2v(target, input_name="model_low_noise")
+    src_to = source.model_options.get("transformer_options", {})
+    tgt_to = target.model_options.get("transformer_options", {})
+    shared = [key for key in (role_patch.CONFIG_KEY, MASK_PADDING_KEY) if key in src_to and key not in tgt_to]
+    loras = source.model_options.get(shot_lora.OPTIONS_KEY) or ()
+    share_loras = bool(loras) and not target.model_options.get(shot_lora.OPTIONS_KEY)
+    if not shared and not share_loras:
+        return target
+    if share_loras:
+        dims = [_dit_shape(m.get_model_object("diffusion_model")) for m in (source, target)]
+        if dims[0] != dims[1]:
+            raise DreamShotInputError(
+                "model_low_noise", "the Shot LoRA on the first model does not fit the second (another DiT size).",
+                "put a Shot LoRA made for the second model on it too, or use two experts of one size.")
+    m = target.clone()
+    to = m.model_options.setdefault("transformer_options", {})
+    for key in shared:
+        to[key] = src_to[key]
+    if share_loras:
+        m.model_options[shot_lora.OPTIONS_KEY] = tuple(loras)
+    log.info("DreamShot: the second model gets the first one's %s", ", ".join(
+        [{role_patch.CONFIG_KEY: "RACL Attention Patch", MASK_PADDING_KEY: "masked text padding"}[k] for k in shared]
+        + (["Shot LoRA(s)"] if share_loras else [])))
+    return m
+
+
+def _dit_shape(dm) -> tuple:
+    """(patch embedding shape, blocks, FFN width): equal for two DiTs a LoRA's layers fit alike."""
+    return tuple(dm.patch_embedding.weight.shape), len(dm.blocks), tuple(dm.blocks[0].ffn[0].weight.shape)

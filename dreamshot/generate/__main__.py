@@ -21,7 +21,9 @@ with --distill-lora 4 steps, cfg 1, reference cfg 1.5). The model is built as th
 Load Diffusion Model (--weight-dtype), Load DreamShot Model (--lora, --distill-lora), ModelSamplingSD3
 (--shift), RACL Attention Patch (--racl, settings.racl), Shot LoRA (--shot-lora, settings.shot_loras).
 Shots marked ``lock: true`` are kept from --keyframes (an earlier --out), as Shot Sequence Pack keeps
-them. Format and details: docs/story-files.md.
+them. Wan2.2: --dit wan2.2_ti2v_5B with --vae wan2.2_vae (sizes in multiples of 32, e.g. --height 704);
+the T2V-A14B experts as --dit (high noise) and --dit-low-noise with the Wan2.1 VAE (docs/backbones.md).
+Format and details: docs/story-files.md.
 """
 
 from __future__ import annotations
@@ -78,6 +80,15 @@ def build_parser() -> argparse.ArgumentParser:
                            "models/loras or a path, then strength=1, shots=\"2, 4-5\" or all, character=NAME, "
                            "include_references=true; repeat for several, in chain order")
     lora.add_argument("--no-shot-loras", action="store_true", help="ignore the story file's shot_loras")
+    wan22 = ap.add_argument_group("Wan2.2-T2V-A14B: two experts (--dit is the high-noise one)")
+    wan22.add_argument("--dit-low-noise", metavar="PATH", help="the low-noise expert (as DreamShot Sampler's "
+                       "model_low_noise; loaded as --dit, with the same --weight-dtype and --shift)")
+    wan22.add_argument("--lora-low-noise", action="append", default=[], metavar="PATH",
+                       help="a LoRA on the low-noise expert, strength 1 (repeat; --lora goes on --dit only)")
+    wan22.add_argument("--switch-boundary", type=float, default=None,
+                       help="steps at sigma >= this run on --dit (default 0.875, Wan2.2 T2V's)")
+    wan22.add_argument("--switch-step", type=int, default=0,
+                       help="the first step of the low-noise expert instead (0 = from --switch-boundary)")
     ap.add_argument("--keyframes", help="folder with an earlier run's <N>.png (the whole storyboard): the shots marked "
                     "'lock: true' are kept from it")
     ap.add_argument("--input-dir", help="folder the story's images must stay inside (default: the story file's "
@@ -290,9 +301,15 @@ def main(argv: list[str] | None = None, on_chunk=None) -> int:
         shot_loras = shot_lora_settings(story, args)
         # Everything that needs no model is checked before the models load. The plan is Shot Sequence
         # Pack's (repeat 4, fit pad_white, the earlier storyboard on keyframes with the locked shots).
-        plan = plan_story(story.characters, story.shots, settings.width, settings.height, mode=mode,
-                          keyframes=keyframes, lock_shots=story.locked, fit="pad_white",
-                          max_latent_frames=settings.max_latent_frames, check_budget=False)
+        def make_plan(geometry=None):
+            return plan_story(story.characters, story.shots, settings.width, settings.height, mode=mode,
+                              keyframes=keyframes, lock_shots=story.locked, fit="pad_white",
+                              max_latent_frames=settings.max_latent_frames, check_budget=False, geometry=geometry)
+
+        plan = make_plan()
+        if not args.dit_low_noise and (args.lora_low_noise or args.switch_step or args.switch_boundary is not None):
+            raise DreamShotInputError("dit-low-noise", "--lora-low-noise / --switch-* are given without a second "
+                                      "expert.", "pass --dit-low-noise with the low-noise expert, or leave them out.")
         te_config = text_encoder_config(args)
     except (DreamShotInputError, OSError, json.JSONDecodeError) as e:
         log.error("%s", e)
@@ -301,8 +318,10 @@ def main(argv: list[str] | None = None, on_chunk=None) -> int:
 
     if not import_comfy_for_cli(args, log):
         return 2
+    from ..comfy_bridge.geometry import vae_geometry
     from ..comfy_bridge.loaders import WEIGHT_DTYPES
-    from ..vistory.runner import load_models, model_loras
+    from ..comfy_bridge.sampling import WAN22_T2V_BOUNDARY, Experts
+    from ..vistory.runner import load_dit, load_models, model_loras
     from .runner import generate_storyboard, storyboard_model
 
     try:
@@ -313,6 +332,14 @@ def main(argv: list[str] | None = None, on_chunk=None) -> int:
         model, vae, clip = load_models(args.dit, args.vae, args.text_encoder, model_loras(args), settings.shift,
                                        args.weight_dtype or "default", te_config, dit_dtype=args.dit_dtype)
         model = storyboard_model(model, racl, shot_loras)
+        experts = None
+        if args.dit_low_noise:   # the sampler gives it the RACL patch and Shot LoRAs of the first model
+            low = load_dit(args.dit_low_noise, [(p, 1.0) for p in args.lora_low_noise], settings.shift,
+                           args.weight_dtype or "default", args.dit_dtype)
+            experts = Experts(low, WAN22_T2V_BOUNDARY if args.switch_boundary is None else args.switch_boundary,
+                              args.switch_step)
+        if vae_geometry(vae) != plan.layout.geometry:   # Wan2.2-TI2V-5B: its VAE's 16x latent, 48 channels
+            plan = make_plan(vae_geometry(vae))
     except (DreamShotInputError, FileNotFoundError) as e:
         log.error("%s", e)
         return 2
@@ -323,7 +350,7 @@ def main(argv: list[str] | None = None, on_chunk=None) -> int:
              "on" if racl else "off", len(shot_loras))
     try:
         result = generate_storyboard(plan, story.title, model, vae, clip, settings, out, pdf=not args.no_pdf,
-                                     on_chunk=on_chunk)
+                                     on_chunk=on_chunk, experts=experts)
     except DreamShotInputError as e:
         log.error("%s", e)
         return 2

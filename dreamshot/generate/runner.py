@@ -95,10 +95,12 @@ def keyframe_paths(out_dir: Path, num_shots: int, variants: int = 1) -> list[Pat
 
 
 def generate_storyboard(plan: StoryPlan, title: str, model, vae, clip, settings: RunSettings, out_dir: Path,
-                        pdf: bool = True, on_chunk=None) -> dict:
+                        pdf: bool = True, on_chunk=None, experts=None) -> dict:
     """Sample the planned story (``settings.variants`` storyboards); write the keyframes (keyframe_paths,
     atomically) and the storyboard sheet ``<out>/storyboard_<counter>_.png`` (+ .pdf; never overwritten;
-    one row per variant, as the Storyboard Sheet node lays variants out). Returns a summary."""
+    one row per variant, as the Storyboard Sheet node lays variants out). ``experts``
+    (comfy_bridge.sampling.Experts): Wan2.2-A14B's low-noise model and switch, as DreamShot Sampler's
+    model_low_noise. Returns a summary."""
     from ..comfy_bridge.sampling import sample_long_story
     from ..comfy_bridge.text_encode import encode_text
 
@@ -112,7 +114,7 @@ def generate_storyboard(plan: StoryPlan, title: str, model, vae, clip, settings:
             images, _ = sample_long_story(model, sequence, settings.seed, settings.steps, settings.cfg,
                                           settings.sampler, settings.scheduler, ref_cfg=settings.ref_cfg,
                                           chunk_size=settings.target_frame, context_shots=settings.context_frame,
-                                          on_chunk=on_chunk, variants=settings.variants)
+                                          on_chunk=on_chunk, variants=settings.variants, experts=experts)
     keyframes = keyframe_paths(out_dir, plan.layout.num_shots, settings.variants)
     for path, image in zip(keyframes, images):
         save_keyframe(path, image)

@@ -9,7 +9,7 @@ from typing import Mapping, Sequence
 import torch
 
 from ..errors import DreamShotInputError
-from ..layout import PIXEL_MULTIPLE, StoryLayout
+from ..layout import StoryLayout
 from .regions import BACKGROUND, DEFAULT_THRESHOLD, UNCONSTRAINED, RegionSpec, box_to_mask, pixel_mask_to_tokens
 
 
@@ -140,11 +140,11 @@ def build_role_map(layout: StoryLayout,
     threshold : float
         Hard-membership threshold (weight >= threshold) for inference; the loss keeps soft weights.
 
-    Masks of another size are area-resized onto the (height/16, width/16) token grid.
+    Masks of another size are area-resized onto the layout's token grid ((height/16, width/16) on Wan2.1).
     """
     if not 0.0 < threshold <= 1.0:
         raise ValueError("threshold must be in (0, 1]")
-    grid = (layout.height // PIXEL_MULTIPLE, layout.width // PIXEL_MULTIPLE)
+    grid = layout.token_grid
     p = layout.tokens_per_frame
     ref_masks = list(ref_masks) if ref_masks else [None] * layout.num_refs
     if len(ref_masks) != layout.num_refs:

@@ -102,7 +102,7 @@ def run_estimate(cfg, args) -> None:
         dims = dims_from_file(cfg.model.dit)
     else:
         raise ConfigError(f"estimate: model.dit {cfg.model.dit!r} is not a file; give --model 14B or --model 1.3B")
-    frames, tokens, text, ref_tokens = sample_size(cfg, args.frames, args.refs)
+    frames, tokens, text, ref_tokens = sample_size(cfg, args.frames, args.refs, dims.token_px)
     est = estimate(cfg, dims, tokens, text, ref_tokens, world_size=args.world_size)
     sys.stdout.write(f"{cfg.data.width}x{cfg.data.height}, {frames} latent frames\n{est.format()}\n")
 

@@ -39,7 +39,7 @@ import torch
 
 from ..attention import NO_TEXT, pad_segments
 from ..images import fit_image, fit_mask, load_image, load_mask
-from ..layout import PIXEL_MULTIPLE, StoryLayout
+from ..layout import WAN21, Geometry, StoryLayout
 from ..roles import pixel_mask_to_tokens
 from ..atomic import atomic_save_safetensors, atomic_write_json
 from .cache_tensors import CACHE_DTYPES, trim_text
@@ -76,19 +76,36 @@ def _fingerprint(settings: dict, seq: SequenceEntry, root: Path) -> str:
     return h.hexdigest()
 
 
-def _token_mask(mask: torch.Tensor, cfg: TrainConfig, fit: str) -> torch.Tensor:
+def _token_mask(mask: torch.Tensor, cfg: TrainConfig, fit: str, geometry: Geometry = WAN21) -> torch.Tensor:
     d = cfg.data
     fitted = fit_mask(mask, d.width, d.height, fit)
-    grid = (d.height // PIXEL_MULTIPLE, d.width // PIXEL_MULTIPLE)
+    grid = (d.height // geometry.pixel_multiple_h, d.width // geometry.pixel_multiple_w)
     return pixel_mask_to_tokens(fitted.clamp(0, 1), grid).view(*grid)
 
 
-def encode_sequence(seq: SequenceEntry, root: Path, vae, encode_text, cfg: TrainConfig) -> tuple[dict, dict]:
-    """(tensors, metadata dict) of one sequence. ``encode_text(text) -> [1, L, C]``."""
+def geometry_meta(geometry: Geometry) -> dict:
+    """A sequence file's record of the VAE geometry it was encoded with (absent: Wan2.1's)."""
+    return {"latent_channels": geometry.latent_channels, "spatial": geometry.spatial, "temporal": geometry.temporal,
+            "patch": list(geometry.patch), "name": geometry.name}
+
+
+def read_geometry(meta: dict) -> Geometry:
+    g = meta.get("geometry")
+    return WAN21 if g is None else Geometry(g["latent_channels"], g["spatial"], g["temporal"], tuple(g["patch"]),
+                                            g["name"])
+
+
+def encode_sequence(seq: SequenceEntry, root: Path, vae, encode_text, cfg: TrainConfig,
+                    geometry: Geometry = WAN21) -> tuple[dict, dict]:
+    """(tensors, metadata dict) of one sequence. ``encode_text(text) -> [1, L, C]``; ``geometry``: the
+    VAE's (comfy_bridge.geometry.vae_geometry), recorded in the metadata when it is not Wan2.1's."""
     from ..packing import encode_references, shot_video
 
     if seq.is_video:
-        return encode_video(seq, root, vae, encode_text, cfg)
+        tensors, meta = encode_video(seq, root, vae, encode_text, cfg)
+        if geometry != WAN21:
+            meta["geometry"] = geometry_meta(geometry)
+        return tensors, meta
     d = cfg.data
     dt = CACHE_DTYPES[d.cache_dtype]
     shots = seq.shots[:d.max_shots]
@@ -99,13 +116,14 @@ def encode_sequence(seq: SequenceEntry, root: Path, vae, encode_text, cfg: Train
         for ref, mask in zip(c.references, c.masks):
             ref_imgs.append(fit_image(load_image(root / ref, f"{seq.id}: {ref}"), d.width, d.height, d.reference_fit, f"{seq.id}: {ref}"))
             ref_chars.append(ci)
-            ref_masks.append(None if mask is None else _token_mask(load_mask(root / mask), cfg, d.reference_fit))
+            ref_masks.append(None if mask is None else _token_mask(load_mask(root / mask), cfg, d.reference_fit,
+                                                                   geometry))
     layout = StoryLayout(num_refs=len(ref_imgs), num_shots=len(shots), width=d.width, height=d.height,
-                         repeat=d.repeat, ref_characters=tuple(ref_chars))
+                         repeat=d.repeat, ref_characters=tuple(ref_chars), geometry=geometry)
     shot_latent = vae.encode(shot_video(layout, shot_imgs))
     if shot_latent.ndim != 5 or shot_latent.shape[2] != len(shots) * layout.frames_per_shot:
         raise ValueError(f"{seq.id}: the VAE gave a shot latent of shape {tuple(shot_latent.shape)}, expected "
-                         f"{len(shots) * layout.frames_per_shot} frames: is model.vae a Wan2.1 VAE?")
+                         f"{len(shots) * layout.frames_per_shot} frames: is model.vae a Wan VAE?")
     tensors = {"latent.shots": shot_latent[0].to(dt)}
     refs = encode_references(vae, ref_imgs)
     tensors["latent.refs"] = (torch.cat([r[0] for r in refs], dim=1) if refs
@@ -122,7 +140,8 @@ def encode_sequence(seq: SequenceEntry, root: Path, vae, encode_text, cfg: Train
     for j, s in enumerate(shots):
         tensors[f"text.shot.{j}"] = text(s.caption)
         for cid, mpath in s.masks:
-            tensors[f"mask.shot.{j}.{char_index[cid]}"] = _token_mask(load_mask(root / mpath), cfg, d.shot_fit).half()
+            tensors[f"mask.shot.{j}.{char_index[cid]}"] = _token_mask(load_mask(root / mpath), cfg, d.shot_fit,
+                                                                      geometry).half()
         meta_shots.append({"caption": s.caption, "characters": [char_index[c] for c in s.characters],
                            "masked": [char_index[c] for c, _ in s.masks]})
     for ci, c in enumerate(seq.characters):
@@ -136,6 +155,8 @@ def encode_sequence(seq: SequenceEntry, root: Path, vae, encode_text, cfg: Train
             "characters": [{"id": c.id, "name": c.name, "description": c.description,
                             "has_text": bool(c.description.strip())} for c in seq.characters],
             "cut_shots": max(0, len(seq.shots) - len(shots))}
+    if geometry != WAN21:   # a Wan2.1 cache's files stay byte-identical to before
+        meta["geometry"] = geometry_meta(geometry)
     return tensors, meta
 
 
@@ -167,13 +188,17 @@ def run_cache(cfg: TrainConfig) -> dict:
         clip = bridge.load_text_encoder(cfg.model.text_encoder, cfg.model.text_encoder_config or None)
         atomic_save_safetensors(cache / EMPTY_PROMPT, {"text": trim_text(bridge.encode_text(clip, "")).to(
             CACHE_DTYPES[cfg.data.cache_dtype])}, {"dreamshot.settings": json.dumps(settings, sort_keys=True)})
+    geometry = WAN21
     if todo:
+        from ..comfy_bridge.geometry import vae_geometry
+
         vae = bridge.load_vae(cfg.model.vae)
+        geometry = vae_geometry(vae)
     from tqdm import tqdm
 
     start = time.perf_counter()
     for seq, fp, path in tqdm(todo, desc="DreamShot cache", disable=not todo or not cfg.logging.progress):
-        tensors, meta = encode_sequence(seq, root, vae, lambda t: bridge.encode_text(clip, t), cfg)
+        tensors, meta = encode_sequence(seq, root, vae, lambda t: bridge.encode_text(clip, t), cfg, geometry)
         meta["fingerprint"] = fp
         atomic_save_safetensors(path, tensors, {META_KEY: json.dumps(meta)})
     if todo:
@@ -219,6 +244,7 @@ class CachedSequence:
     height: int
     repeat: int
     kind: str = "story"                   # "video": a video record, one clip as its only shot (modes.t2v)
+    geometry: Geometry = WAN21            # the VAE's it was encoded with (Wan2.2-TI2V-5B: 48 channels, 16x)
 
     @property
     def num_shots(self) -> int:
@@ -226,7 +252,7 @@ class CachedSequence:
 
     @property
     def frames_per_shot(self) -> int:
-        return self.repeat // 4
+        return self.repeat // self.geometry.temporal
 
 
 class CacheReader:
@@ -276,7 +302,8 @@ class CacheReader:
             ref_masks=[t.get(f"mask.ref.{r}") for r in range(len(meta["ref_characters"]))],
             shot_characters=[list(s["characters"]) for s in meta["shots"]],
             shot_masks=[{c: t[f"mask.shot.{j}.{c}"] for c in s["masked"]} for j, s in enumerate(meta["shots"])],
-            width=meta["width"], height=meta["height"], repeat=meta["repeat"], kind=meta.get("kind", "story"))
+            width=meta["width"], height=meta["height"], repeat=meta["repeat"], kind=meta.get("kind", "story"),
+            geometry=read_geometry(meta))
 
 
 class _Placeholders(dict):
@@ -357,7 +384,7 @@ def build_sample(seq: CachedSequence, mode: str, generator: torch.Generator, emp
     new_char = {c: i for i, c in enumerate(char_order)}
     layout = StoryLayout(num_refs=len(refs), num_shots=n_shots, width=seq.width, height=seq.height,
                          repeat=seq.repeat, ref_characters=tuple(new_char[c] for c in ref_chars_used),
-                         clean_shots=tuple(j < n_clean for j in range(n_shots)))
+                         clean_shots=tuple(j < n_clean for j in range(n_shots)), geometry=seq.geometry)
     parts = [seq.refs_latent[:, refs], seq.shots_latent[:, : n_shots * fps]]
     latent = torch.cat([p.float() for p in parts], dim=1).unsqueeze(0)
     noised = torch.tensor([not layout.frame_is_clean(f) for f in range(layout.num_latent_frames)])

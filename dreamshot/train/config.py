@@ -95,7 +95,19 @@ class TrainSection:
     logit_std: float = 1.0
     timestep_shift: Any = "model"    # "model" (the checkpoint's sampling shift, 8.0 for Wan2.1 T2V) or a number
     sigma_min: float = 1e-3          # smallest sigma drawn
+    # Wan2.2-T2V-A14B: train a LoRA for one expert, with sigmas drawn only from its range (the same
+    # distribution restricted): "high_noise" = sigma >= expert_boundary, "low_noise" = below it; "" = all.
+    expert: str = ""
+    expert_boundary: float = 0.875   # Wan2.2 T2V's switch (the sampler's default)
     lora_name: str = "dreamshot_lora"    # final file: <output_dir>/<lora_name>.safetensors
+
+    def sigma_range(self) -> tuple[float, float] | None:
+        """The sigmas this run trains on: one Wan2.2-A14B expert's range, or None (all)."""
+        if self.expert == "high_noise":
+            return (self.expert_boundary, 1.0)
+        if self.expert == "low_noise":
+            return (0.0, self.expert_boundary)
+        return None
 
 
 @dataclass
@@ -245,6 +257,9 @@ class TrainConfig:
             t.timestep_shift = float(t.timestep_shift)
         if not 0 < t.sigma_min < 1:
             raise ConfigError("train.sigma_min must be in (0, 1)")
+        _choice("train.expert", t.expert, ("", "high_noise", "low_noise"))
+        if not t.sigma_min < t.expert_boundary < 1:
+            raise ConfigError(f"train.expert_boundary = {t.expert_boundary}: must lie between train.sigma_min and 1")
         if not t.lora_name or "/" in t.lora_name or "\\" in t.lora_name:
             raise ConfigError("train.lora_name must be a plain file name (no folders)")
         md = self.modes

@@ -61,8 +61,14 @@ class WanDims:
 
     @property
     def name(self) -> str:
-        return {(1536, 30): "Wan2.1 1.3B", (5120, 40): "Wan2.1 14B"}.get(
-            (self.dim, self.num_blocks), f"Wan2.1 dim {self.dim}, {self.num_blocks} blocks")
+        return {(1536, 30): "Wan2.1 1.3B", (5120, 40): "Wan2.1 14B", (3072, 30): "Wan2.2-TI2V-5B"}.get(
+            (self.dim, self.num_blocks), f"Wan dim {self.dim}, {self.num_blocks} blocks")
+
+    @property
+    def token_px(self) -> int:
+        """Pixels per image token each way: 16 (Wan2.1's 8x VAE), 32 for a 48-channel DiT, whose latent is
+        the Wan2.2 VAE's (16x; ComfyUI's WAN22_T2V and latent_formats.Wan22), then the 2x2 patchify."""
+        return 32 if self.out_dim == 48 else 16
 
     # parameter counts
     def block_linear_weights(self) -> int:
@@ -88,7 +94,7 @@ WAN21 = {"1.3B": WanDims(1536, 8960, 30), "14B": WanDims(5120, 13824, 40)}
 
 
 def dims_from_file(path: str | Path) -> WanDims:
-    """Model sizes from a Wan2.1 .safetensors header (nothing else is read)."""
+    """Model sizes from a Wan .safetensors header (nothing else is read)."""
     shapes = {key.removeprefix("model.diffusion_model.").removeprefix("diffusion_model."): info["shape"]
               for key, info in read_header(path).items()}
     try:
@@ -96,7 +102,7 @@ def dims_from_file(path: str | Path) -> WanDims:
         ffn = shapes["blocks.0.ffn.0.weight"][0]
         text_dim = shapes["text_embedding.0.weight"][1]
     except KeyError as e:
-        raise ValueError(f"{path}: not a Wan2.1 DiT file (no {e.args[0]})") from None
+        raise ValueError(f"{path}: not a Wan DiT file (no {e.args[0]})") from None
     blocks = 1 + max(int(k.split(".")[1]) for k in shapes if k.startswith("blocks."))
     out_dim = shapes["head.head.weight"][0] // 4
     return WanDims(dim, ffn, blocks, text_dim, in_dim, out_dim)
@@ -231,12 +237,14 @@ def estimate(cfg, dims: WanDims, tokens: int, text_tokens: int, ref_tokens: int 
     return est
 
 
-def sample_size(cfg, frames: int | None = None, refs: int | None = None) -> tuple[int, int, int, int]:
+def sample_size(cfg, frames: int | None = None, refs: int | None = None,
+                token_px: int = 16) -> tuple[int, int, int, int]:
     """(frames, image tokens, text tokens, reference tokens) of the largest sample the config trains:
     ``data.max_shots`` shots plus ``refs`` references (default 3), capped by ``data.max_latent_frames``;
-    each shot and each described character one prompt segment of ``data.text_min_length``."""
+    each shot and each described character one prompt segment of ``data.text_min_length``. ``token_px``:
+    pixels per image token each way (WanDims.token_px)."""
     d = cfg.data
-    per_frame = (d.height // 16) * (d.width // 16)
+    per_frame = (d.height // token_px) * (d.width // token_px)
     shots_frames = d.max_shots * (d.repeat // 4)
     refs = 3 if refs is None else refs
     if frames is None:

@@ -23,6 +23,8 @@ def lora_metadata(cfg: TrainConfig, base_model: str, step: int, dataset_hash: st
     lo = cfg.lora
     modes = {"r2s": cfg.modes.r2s, "t2s": cfg.modes.t2s, "s2s": cfg.modes.s2s, "t2v": cfg.modes.t2v}
     racl = {"lambda": cfg.racl.lambda_racl, "layers": cfg.racl.layers, "kind": cfg.racl.kind}
+    # "wan2.1_t2v" (Wan2.1, the Wan2.2-A14B experts) or "wan2.2_ti2v" (Wan2.2-TI2V-5B), from describe_base_model
+    family = "wan2.2_ti2v" if base_model.startswith("wan2.2_ti2v") else "wan2.1_t2v"
     meta = {
         "dreamshot.format_version": FORMAT_VERSION,
         "dreamshot.base_model": base_model,
@@ -42,16 +44,18 @@ def lora_metadata(cfg: TrainConfig, base_model: str, step: int, dataset_hash: st
         "ss_network_dim": str(lo.rank),
         "ss_network_alpha": str(lo.alpha),
         "ss_steps": str(step),
-        "ss_base_model_version": "wan2.1_t2v",
+        "ss_base_model_version": family,
         "ss_learning_rate": str(cfg.optimizer.lr),
         "modelspec.sai_model_spec": "1.0.0",
-        "modelspec.architecture": "wan2.1-t2v/lora",
-        "modelspec.implementation": "https://github.com/Wan-Video/Wan2.1",
+        "modelspec.architecture": f"{family.replace('_', '-')}/lora",
+        "modelspec.implementation": f"https://github.com/Wan-Video/{'Wan2.2' if family.startswith('wan2.2') else 'Wan2.1'}",
         "modelspec.title": cfg.train.lora_name,
         "modelspec.date": datetime.date.today().isoformat(),
         "modelspec.description": "DreamShot storyboard LoRA (reference-to-shot, text-to-shot, shot-to-shot); "
                                  "load with Load DreamShot Model.",
     }
+    if cfg.train.expert:   # a Wan2.2-A14B expert's LoRA: which one, and the sigmas it was trained on
+        meta["dreamshot.expert"] = json.dumps({"expert": cfg.train.expert, "boundary": cfg.train.expert_boundary})
     return meta
 
 

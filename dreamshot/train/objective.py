@@ -28,17 +28,38 @@ def shift_sigma(t: torch.Tensor, shift: float) -> torch.Tensor:
     return shift * t / (1 + (shift - 1) * t)
 
 
+def unshift_sigma(sigma: torch.Tensor, shift: float) -> torch.Tensor:
+    """The inverse of ``shift_sigma``: t = sigma / (shift - (shift - 1) * sigma)."""
+    if shift == 1.0:
+        return sigma
+    return sigma / (shift - (shift - 1) * sigma)
+
+
 def sample_sigmas(n: int, generator: torch.Generator, method: str = "uniform", shift: float = 1.0,
-                  logit_mean: float = 0.0, logit_std: float = 1.0, sigma_min: float = 1e-3) -> torch.Tensor:
+                  logit_mean: float = 0.0, logit_std: float = 1.0, sigma_min: float = 1e-3,
+                  sigma_range: tuple[float, float] | None = None) -> torch.Tensor:
     """[n] sigmas in [sigma_min, 1]: t ~ U(0, 1) ("uniform") or sigmoid(N(mean, std)) ("logit_normal"),
-    then the shift."""
-    if method == "uniform":
-        t = torch.rand(n, generator=generator)
-    elif method == "logit_normal":
-        t = torch.sigmoid(torch.randn(n, generator=generator) * logit_std + logit_mean)
-    else:
+    then the shift. ``sigma_range`` (lo, hi): the same distribution restricted to lo <= sigma < hi (one
+    Wan2.2-A14B expert's range), drawn exactly by the inverse CDF over the matching t interval (no
+    rejection: one draw per sigma, as without a range)."""
+    if method not in ("uniform", "logit_normal"):
         raise ValueError(f"unknown timestep sampling {method!r}")
-    return shift_sigma(t, shift).clamp(sigma_min, 1.0)
+    if sigma_range is None:
+        if method == "uniform":
+            t = torch.rand(n, generator=generator)
+        else:
+            t = torch.sigmoid(torch.randn(n, generator=generator) * logit_std + logit_mean)
+        return shift_sigma(t, shift).clamp(sigma_min, 1.0)
+    lo, hi = (unshift_sigma(torch.tensor(float(v), dtype=torch.float64), shift) for v in sigma_range)
+    u = torch.rand(n, generator=generator, dtype=torch.float64)
+    if method == "uniform":
+        t = lo + u * (hi - lo)
+    else:
+        def cdf(x):
+            return torch.special.ndtr((torch.logit(x) - logit_mean) / logit_std)
+        p = cdf(lo) + u * (cdf(hi) - cdf(lo))
+        t = torch.sigmoid(torch.special.ndtri(p) * logit_std + logit_mean)
+    return shift_sigma(t, shift).clamp(max(sigma_min, float(sigma_range[0])), 1.0).float()
 
 
 def noise_frames(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor, noised: torch.Tensor) -> torch.Tensor:

@@ -118,6 +118,10 @@ class Trainer:
         c = self.cfg
         fsdp = c.distributed.strategy == "fsdp" and self.dist.enabled
         base = self.load_base_model(fsdp)
+        if getattr(self, "data", None) is not None:   # the cache's latents must be this DiT's (16 or 48 channels)
+            from ..comfy_bridge.geometry import check_geometry_fits_model
+
+            check_geometry_fits_model(self.data.load(0, tensors=False).geometry, base, input_name="model.dit")
         n_blocks = len(base.model.diffusion_model.blocks)
         racl_layers = c.racl_layers()
         if racl_layers and max(racl_layers) >= n_blocks:
@@ -208,7 +212,7 @@ class Trainer:
         dev = self.dist.device
         x0 = self.story_model.process_latent_in(sample.latent.to(dev))
         sigma = sample_sigmas(1, gen, c.train.timestep_sampling, self.shift, c.train.logit_mean, c.train.logit_std,
-                              c.train.sigma_min).to(dev)
+                              c.train.sigma_min, c.train.sigma_range()).to(dev)
         noise = torch.randn(x0.shape, generator=gen).to(dev)
         x_t = noise_frames(x0, noise, sigma, sample.noised)
         lay = sample.layout

@@ -24,11 +24,11 @@ def encode_video(seq: SequenceEntry, root: Path, vae, encode_text, cfg) -> tuple
     dt = CACHE_DTYPES[d.cache_dtype]
     clip = seq.shots[0]
     frames = [fit_image(load_image(root / f, f"{seq.id}: {f}"), d.width, d.height, d.shot_fit, f"{seq.id}: {f}") for f in clip.frames]
-    latent_frames = 1 + (len(frames) - 1) // 4
+    latent_frames = 1 + (len(frames) - 1) // 4   # Wan2.1 and Wan2.2 VAEs alike: 4x in time
     latent = vae.encode(torch.stack(frames).float())
     if latent.ndim != 5 or latent.shape[2] != latent_frames:
         raise ValueError(f"{seq.id}: the VAE gave a latent of shape {tuple(latent.shape)} for {len(frames)} frames, "
-                         f"expected {latent_frames} latent frames: is model.vae a Wan2.1 VAE?")
+                         f"expected {latent_frames} latent frames: is model.vae a Wan VAE?")
     tensors = {"latent.shots": latent[0].to(dt),
                "latent.refs": latent[0].new_zeros(latent.shape[1], 0, *latent.shape[3:]).to(dt),
                "text.shot.0": trim_text(encode_text(clip.caption)).to(dt)}

@@ -103,17 +103,25 @@ def load_models(dit: str, vae: str, text_encoder: str, loras: list[tuple[str, fl
     """(model, vae, clip) as a graph loads them: the DiT as UNETLoader does (``weight_dtype``; ``dit_dtype``
     forces bf16/fp16/fp32 instead, deprecated), LoRAs stacked in order as Load DreamShot Model applies
     them, the shift as ModelSamplingSD3, the VAE and UMT5 through comfy.sd as VAELoader / CLIPLoader."""
+    from ..comfy_bridge.training import load_text_encoder, load_vae
+
+    model = load_dit(dit, loras, shift, weight_dtype, dit_dtype)
+    return model, load_vae(vae), load_text_encoder(text_encoder, text_encoder_config)
+
+
+def load_dit(dit: str, loras: list[tuple[str, float]], shift: float, weight_dtype: str = "default",
+             dit_dtype: str | None = None):
+    """The DiT as load_models builds it (UNETLoader, the LoRAs in order, ModelSamplingSD3): also a
+    Wan2.2-A14B low-noise expert beside the first model."""
     from comfy_extras.nodes_model_advanced import ModelSamplingSD3
 
     from ..comfy_bridge.loaders import load_diffusion_model
     from ..comfy_bridge.lora import apply_lora
-    from ..comfy_bridge.training import load_text_encoder, load_vae
 
     model = load_diffusion_model(dit, weight_dtype, dit_dtype)
     for path, strength in loras:
         model = apply_lora(model, path, strength, Path(path).name)
-    model = ModelSamplingSD3().patch(model, shift)[0]
-    return model, load_vae(vae), load_text_encoder(text_encoder, text_encoder_config)
+    return ModelSamplingSD3().patch(model, shift)[0]
 
 
 def existing_shots(folder: Path, num_shots: int) -> dict[int, Path]:
@@ -136,6 +144,7 @@ def generate_story(story: VistoryStory, model, vae, clip, settings: RunSettings,
                    on_chunk=None) -> dict:
     """Generate (or finish) one story; returns a summary row."""
     from ..comfy_bridge.sampling import sample_long_story
+    from ..comfy_bridge.geometry import vae_geometry
     from ..comfy_bridge.text_encode import encode_text
     from ..modes import Mode
     from ..story import encode_story, plan_story
@@ -147,7 +156,7 @@ def generate_story(story: VistoryStory, model, vae, clip, settings: RunSettings,
     characters, shots = story_cast(story, settings.with_references)
     mode = Mode.REFERENCE_TO_SHOT if characters else Mode.TEXT_TO_SHOT
     plan = plan_story(characters, shots, settings.width, settings.height, mode=mode, fit="pad_white",
-                      max_latent_frames=settings.max_latent_frames, check_budget=False)
+                      max_latent_frames=settings.max_latent_frames, check_budget=False, geometry=vae_geometry(vae))
     sequence = encode_story(plan, vae, lambda text: encode_text(clip, text), settings.negative_prompt)
     done = {j: load_image(p) for j, p in done_paths.items()}
     for j, image in done.items():

@@ -48,10 +48,16 @@ SHOT_LORA = "wan2.1_t2v_style_lora.safetensors"
 FLF2V = "wan2.1_flf2v_720p_14B_fp16.safetensors"
 BETWEEN_FRAMES, BETWEEN_FPS = 33, 16          # per pair: 2 s at Wan's 16 fps (length 4n + 1)
 SHOT_SCRIPT_SIZE = (340, 410)      # room for every widget (frontend 1.27 keeps a saved size as it is; Nodes 2.0 rows are taller)
+# Wan2.2 (Comfy-Org's repackaged files): TI2V-5B with its own VAE; the T2V-A14B experts with Wan2.1's VAE.
+WAN22_REPO = "https://huggingface.co/Comfy-Org/Wan_2.2_ComfyUI_Repackaged/resolve/main/split_files"
+DIT_5B = "wan2.2_ti2v_5B_fp16.safetensors"
+VAE_22 = "wan2.2_vae.safetensors"
+DIT_A14B_HIGH = "wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors"
+DIT_A14B_LOW = "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors"
 
 
-def _model_meta(name, folder):
-    return {"models": [{"name": name, "url": f"{WAN_REPO}/{folder}/{name}", "directory": folder}]}
+def _model_meta(name, folder, repo=WAN_REPO):
+    return {"models": [{"name": name, "url": f"{repo}/{folder}/{name}", "directory": folder}]}
 
 
 def _loaders(g: Graph):
@@ -300,6 +306,62 @@ def animate_between_boards() -> Graph:
     return g
 
 
+def wan22_5b() -> Graph:
+    """Reference-to-shot on Wan2.2-TI2V-5B with the RACL patch: its own VAE (48 channels, 16x), 1280x704
+    (sizes in multiples of 32), the official 5B sampling (shift 5, 50 steps, cfg 5). No DreamShot LoRA
+    exists for Wan2.2: the base model runs every mode, with weaker identity (docs/backbones.md)."""
+    g = Graph()
+    unet = g.add("UNETLoader", {"unet_name": DIT_5B, "weight_dtype": "default"}, pos=(0, 0),
+                 properties=_model_meta(DIT_5B, "diffusion_models", WAN22_REPO))
+    model = g.add("LoadDreamShotModel", {"lora_name": "None", "strength": 1.0, "lora_2_name": "None",
+                                         "lora_2_strength": 1.0, "distill_lora_name": "None",
+                                         "distill_lora_strength": 1.0}, pos=(360, 0), model=unet)
+    model = g.add("ModelSamplingSD3", {"shift": 5.0}, pos=(720, -160), model=model)
+    model = g.add("DreamShotRACLAttentionPatch", {"strength": 1.0, "start_percent": 0.0, "end_percent": 0.6},
+                  pos=(720, 0), model=model)
+    clip = g.add("CLIPLoader", {"clip_name": TEXT_ENCODER, "type": "wan", "device": "default"}, pos=(0, 200),
+                 properties=_model_meta(TEXT_ENCODER, "text_encoders"))
+    vae = g.add("VAELoader", {"vae_name": VAE_22}, pos=(0, 360), properties=_model_meta(VAE_22, "vae", WAN22_REPO))
+    seq = g.add("DreamShotShotSequencePack", {"width": 1280, "height": 704, "mode": "reference_to_shot"},
+                pos=(1080, 200), vae=vae, clip=clip, shots=_shots(g), characters=_cast(g))
+    sampler = g.add("DreamShotSampler", {"seed": 42, "steps": 50, "cfg": 5.0, "sampler_name": "euler",
+                                         "scheduler": "simple", "ref_cfg": 2.0, "chunk_size": 6,
+                                         "context_shots": 0}, pos=(1440, 200), size=(340, 420), model=model,
+                    sequence=seq)
+    g.add("DreamShotStoryboardSheet", {"title": "Wan2.2-TI2V-5B", "filename_prefix": "DreamShot/wan22_5b"},
+          pos=(1820, 200), size=(420, 480), keyframes=sampler, sequence=seq)
+    return g
+
+
+def wan22_a14b() -> Graph:
+    """Reference-to-shot on Wan2.2-T2V-A14B: the high-noise expert on 'model', the low-noise one on
+    'model_low_noise' (each through its own Load DreamShot Model, for a LoRA per expert), switching at
+    sigma 0.875 (the official boundary); Wan2.1's VAE; the official shift 12 and 40 steps, cfg 3.5 for
+    both experts (the official code uses 4 on the high-noise and 3 on the low-noise one)."""
+    g = Graph()
+    experts = []
+    for i, name in enumerate((DIT_A14B_HIGH, DIT_A14B_LOW)):
+        unet = g.add("UNETLoader", {"unet_name": name, "weight_dtype": "default"}, pos=(0, -360 + 180 * i),
+                     properties=_model_meta(name, "diffusion_models", WAN22_REPO))
+        model = g.add("LoadDreamShotModel", {"lora_name": "None", "strength": 1.0, "lora_2_name": "None",
+                                             "lora_2_strength": 1.0, "distill_lora_name": "None",
+                                             "distill_lora_strength": 1.0}, pos=(360, -360 + 180 * i), model=unet,
+                      title=f"Load DreamShot Model ({'high' if i == 0 else 'low'}-noise expert)")
+        experts.append(g.add("ModelSamplingSD3", {"shift": 12.0}, pos=(720, -360 + 180 * i), model=model))
+    clip = g.add("CLIPLoader", {"clip_name": TEXT_ENCODER, "type": "wan", "device": "default"}, pos=(0, 200),
+                 properties=_model_meta(TEXT_ENCODER, "text_encoders"))
+    vae = g.add("VAELoader", {"vae_name": VAE}, pos=(0, 360), properties=_model_meta(VAE, "vae"))
+    seq = g.add("DreamShotShotSequencePack", {"width": 1280, "height": 720, "mode": "reference_to_shot"},
+                pos=(1080, 200), vae=vae, clip=clip, shots=_shots(g), characters=_cast(g))
+    sampler = g.add("DreamShotSampler", {"seed": 42, "steps": 40, "cfg": 3.5, "sampler_name": "euler",
+                                         "scheduler": "simple", "ref_cfg": 2.0, "chunk_size": 6, "context_shots": 0,
+                                         "switch_boundary": 0.875, "switch_step": 0},
+                    pos=(1440, 200), size=(340, 480), model=experts[0], sequence=seq, model_low_noise=experts[1])
+    g.add("DreamShotStoryboardSheet", {"title": "Wan2.2-T2V-A14B (two experts)", "filename_prefix": "DreamShot/wan22_a14b"},
+          pos=(1820, 200), size=(420, 480), keyframes=sampler, sequence=seq)
+    return g
+
+
 WORKFLOWS_BUILT = {
     "dreamshot_reference_to_shot.json": reference_to_shot,
     "dreamshot_text_to_shot.json": text_to_shot,
@@ -312,6 +374,8 @@ WORKFLOWS_BUILT = {
     "dreamshot_story_animatic_timeline.json": story_animatic,
     "dreamshot_shot_lora.json": shot_lora,
     "dreamshot_animate_between_boards.json": animate_between_boards,
+    "dreamshot_wan22_5b.json": wan22_5b,
+    "dreamshot_wan22_a14b_two_experts.json": wan22_a14b,
 }
 
 

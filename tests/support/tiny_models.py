@@ -1,9 +1,14 @@
-"""Tiny random Wan2.1-format checkpoints for tests (real key names, tiny dims where possible).
+"""Tiny random Wan-format checkpoints for tests (real key names, tiny dims where possible).
 
 - DiT: ComfyUI's own WanModel (dim 256 -> detected as 2 heads, 2 layers), saved under the
-  original Wan2.1 key names, so comfy.sd.load_diffusion_model detects WAN21 T2V.
+  original Wan2.1 key names, so comfy.sd.load_diffusion_model detects WAN21 T2V. Two seeds of it
+  stand for the two Wan2.2-T2V-A14B experts (ComfyUI loads each as a Wan2.1-architecture WAN21).
+- Wan2.2-TI2V-5B DiT: the same with 48 latent channels in and out, which ComfyUI detects as
+  WAN22_T2V (model_base.WAN22, latent format Wan22).
 - VAE: Wan2.1's VAE cannot shrink in ComfyUI (dim 96 / z_dim 16 are fixed), so it is full size
-  with random weights (~127M params, ~254 MB as bf16).
+  with random weights (~127M params, ~254 MB as bf16). The Wan2.2 VAE cannot shrink either
+  (comfy/sd.py fixes dim 160 / z_dim 48): full size, ~705M params, ~1.4 GB as bf16, written only
+  when a Wan2.2 test asks for it.
 - Text encoder: UMT5 with d_model 4096 and 24 layers (what ComfyUI's detection reads) but 1 head,
   d_kv 16, d_ff 16, plus a tiny sentencepiece model trained here under the "spiece_model" key
   (unigram, byte fallback, ~500 pieces; pad 0, eos 1, unk 2 as in UMT5). ComfyUI's stock CLIPLoader
@@ -58,6 +63,26 @@ def tiny_wan_dit_state_dict(dim=256, ffn_dim=512, num_layers=2, seed=0) -> dict:
 
 def write_tiny_wan_dit(path, dim=256, ffn_dim=512, num_layers=2, seed=0) -> Path:
     _atomic_save(tiny_wan_dit_state_dict(dim, ffn_dim, num_layers, seed), Path(path))
+    return Path(path)
+
+
+def write_tiny_wan22_dit(path, dim=256, ffn_dim=512, num_layers=2, seed=0) -> Path:
+    """A tiny Wan2.2-TI2V-5B-layout DiT (48 latent channels)."""
+    from dreamshot.comfy_bridge.random_wan import random_wan_dit
+
+    model = random_wan_dit(dim, ffn_dim, num_layers, seed, channels=48)
+    _atomic_save({k: v.detach().clone() for k, v in model.state_dict().items()}, Path(path))
+    return Path(path)
+
+
+def write_random_wan22_vae(path, seed=0, dtype=torch.bfloat16) -> Path:
+    """The Wan2.2 VAE (ComfyUI's comfy.ldm.wan.vae2_2.WanVAE at the sizes comfy/sd.py detects), random."""
+    import comfy.ldm.wan.vae2_2 as wan22_vae
+
+    vae = wan22_vae.WanVAE(dim=160, z_dim=48, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+                           temperal_downsample=[False, True, True], dropout=0.0)
+    _fill(vae, seed, gain=0.5)
+    _atomic_save({k: v.to(dtype) for k, v in vae.state_dict().items()}, Path(path))
     return Path(path)
 
 
