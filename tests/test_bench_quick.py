@@ -62,8 +62,11 @@ def test_quick_check_runs_every_part_in_its_own_process(comfy_root, tmp_path):
         assert res["tokens"] == 9 * 16 and res["estimate_gib"] > 0 and "expected peak" in res["estimate_text"]
         assert "peak_gib" not in res["steps"][0]                                  # a CPU has no device peak
 
+    from dreamshot.bench.ops_bench import MODEL_SIZES
+
     ops = parts["ops"]["rows"]
-    assert sorted((r["model"], r["op"]) for r in ops) == sorted((m, op) for m in ("14B", "1.3B") for op in OPS)
+    assert {"14B", "1.3B", "5B"} <= set(MODEL_SIZES)        # Wan2.1 14B / 1.3B and Wan2.2's 5B are measured
+    assert sorted((r["model"], r["op"]) for r in ops) == sorted((m, op) for m in MODEL_SIZES for op in OPS)
     for r in ops:
         assert r["extra_mib"] >= 0 and r["plain_mib"] > 0 and r["mem_ratio"] >= 0
         assert re.fullmatch(r"flash \(cpu\)|-", r["kernels"]) and r["plain_kernels"] == "flash (cpu)"

@@ -187,6 +187,14 @@ def _env() -> dict:
     return env
 
 
+def _first_failure(stderr: str) -> str:
+    """The lines that say why a worker died, ahead of torchrun's long summary (CI keeps only a tail)."""
+    lines = stderr.splitlines()
+    keys = ("Error", "error:", "Fatal", "terminate", "what()", "Abort", "abort", "Traceback", "File \"", "Exception")
+    first = next((i for i, line in enumerate(lines) if any(k in line for k in keys)), max(0, len(lines) - 40))
+    return "\n".join(lines[max(0, first - 5):first + 60])[-6000:]
+
+
 def test_cli_train_runs_from_the_repo_root(data, tmp_path):
     """`python -m dreamshot.train` from the repo root, whose nodes/ package must not shadow ComfyUI's."""
     cfg = write_config(tmp_path / "train.toml", data["models"], data["dataset"], data["cache"], tmp_path / "out",
@@ -259,10 +267,12 @@ def test_two_process_gloo_runs_keep_ranks_identical_and_fsdp_reads_shards(data, 
                            distributed={"strategy": strategy, "backend": "gloo"},  # what it tests, on any machine
                            logging={"log_every": 1, "progress": False})
         # --standalone: torchrun's rendezvous store binds a port the OS picks (no guessed port to collide)
+        # faulthandler and C++ stack traces: a rank that aborts says where (CI shows only a tail)
+        env = {**_env(), "PYTHONFAULTHANDLER": "1", "TORCH_SHOW_CPP_STACKTRACES": "1"}
         run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                               "-m", "dreamshot.train", "train", "--config", str(cfg)],
-                             cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
-        assert run.returncode == 0, run.stderr[-4000:]
+                             cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, _first_failure(run.stderr)
         assert "process 1 of 2" in run.stderr and "all 2 processes hold identical trainable weights" in run.stderr
         fsdp = strategy == "fsdp"
         assert ("FSDP sharded the DiT's 2 blocks over 2 processes" in run.stderr) == fsdp

@@ -74,14 +74,17 @@ def main(argv: list[str] | None = None) -> int:
 
             run_cache(cfg)
         else:
-            from .distributed import shutdown
+            from .distributed import init_distributed, shutdown
             from .trainer import Trainer
 
-            trainer = Trainer(cfg)
+            state, finished = init_distributed(cfg.distributed.backend), False
             try:
+                trainer = Trainer(cfg, state)
                 trainer.train()
+                del trainer   # DDP's reducer holds the process group: free it before the group goes
+                finished = True
             finally:
-                shutdown(trainer.dist)
+                shutdown(state, wait_for_peers=finished)
     except (ConfigError, DatasetError, FileNotFoundError) as e:
         log.error("%s", e)
         return 2

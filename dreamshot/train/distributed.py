@@ -93,6 +93,16 @@ def fsdp_mesh(state: DistState):
     return init_device_mesh(state.device.type, (state.world_size,))
 
 
-def shutdown(state: DistState) -> None:
+def shutdown(state: DistState, wait_for_peers: bool = False) -> None:
+    """Destroy the process group while the interpreter is whole: collect the objects that still hold it
+    (DDP's reducer, FSDP's state) first, so gloo's worker threads never outlive Python's finalisation
+    (which aborts the process: pytorch/pytorch#179291 describes it). After a finished run the ranks
+    also meet once, so none closes its connections while another still reads from them; after an
+    error they do not (a peer may never arrive: torchrun stops the others when this one exits)."""
     if state.enabled and dist.is_initialized():
+        import gc
+
+        gc.collect()
+        if wait_for_peers:
+            dist.barrier()
         dist.destroy_process_group()
