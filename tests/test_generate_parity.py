@@ -188,6 +188,29 @@ def test_weight_dtypes_are_unetloaders(pack_nodes, monkeypatch):
 
 
 @pytest.mark.comfyui
+def test_text_encoder_is_loaded_as_load_clip_loads_it(pack_nodes, monkeypatch, tmp_path):
+    """The headless text encoder gets the arguments ComfyUI's own Load CLIP (type wan) gives
+    comfy.sd.load_clip, the embeddings folders included (captured from CLIPLoader.load_clip)."""
+    import comfy.sd
+    import folder_paths
+    import nodes
+
+    from dreamshot.comfy_bridge.training import load_text_encoder
+
+    te = tmp_path / "umt5.safetensors"
+    te.write_bytes(b"")
+    seen = []
+    monkeypatch.setattr(folder_paths, "get_full_path_or_raise", lambda folder, name: str(te))
+    monkeypatch.setattr(comfy.sd, "load_clip", lambda **kwargs: seen.append(kwargs))
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "embeddings",
+                        ([str(tmp_path / "embeddings")], folder_paths.supported_pt_extensions))
+    nodes.CLIPLoader().load_clip("umt5.safetensors", "wan")
+    load_text_encoder(str(te))
+    assert seen[0]["embedding_directory"] == [str(tmp_path / "embeddings")]
+    assert seen[1] == seen[0]
+
+
+@pytest.mark.comfyui
 def test_memory_flags_reach_comfyui_before_it_starts(comfy_root, tmp_path):
     """In a fresh process: the flags are on comfy.cli_args when comfy.model_management reads them at
     import; a flag this ComfyUI lacks is refused by name; no change once ComfyUI is imported."""

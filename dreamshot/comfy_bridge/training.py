@@ -121,12 +121,16 @@ def load_vae(path: str):
 
 
 def load_text_encoder(path: str, config_override: dict | None = None):
-    """UMT5 through comfy.sd.load_clip (type wan); ``config_override`` replaces UMT5 config keys."""
+    """UMT5 through comfy.sd.load_clip (type wan) with the arguments Load CLIP gives it, ComfyUI's
+    embeddings folders included (so a prompt reads the same headless as in a graph, on a ComfyUI
+    whose Wan tokenizer uses them); ``config_override`` replaces UMT5 config keys."""
     import comfy.sd
+    import folder_paths
 
     _need_file("model.text_encoder", path)
     options = {"umt5xxl_model_config": dict(config_override)} if config_override else {}
-    return comfy.sd.load_clip(ckpt_paths=[str(path)], clip_type=comfy.sd.CLIPType.WAN, model_options=options)
+    return comfy.sd.load_clip(ckpt_paths=[str(path)], embedding_directory=folder_paths.get_folder_paths("embeddings"),
+                              clip_type=comfy.sd.CLIPType.WAN, model_options=options)
 
 
 def _need_file(key: str, path) -> None:

@@ -43,8 +43,9 @@ class DreamShotTestTinyUMT5Loader:
             import torch
 
             model_options["load_device"] = model_options["offload_device"] = torch.device("cpu")
-        return (comfy.sd.load_clip(ckpt_paths=[path], clip_type=comfy.sd.CLIPType.WAN,
-                                   model_options=model_options),)
+        # as CLIPLoader.load_clip, the embeddings folders included; only the UMT5 size differs
+        return (comfy.sd.load_clip(ckpt_paths=[path], embedding_directory=folder_paths.get_folder_paths("embeddings"),
+                                   clip_type=comfy.sd.CLIPType.WAN, model_options=model_options),)
 
 
 NODE_CLASS_MAPPINGS = {"DreamShotTestTinyUMT5Loader": DreamShotTestTinyUMT5Loader}
