@@ -297,5 +297,14 @@ def test_long_story_in_chunks_folded_equals_unfolded(pack_module, tiny_wan_model
     for f, u in zip(chunks_f, chunks_u):
         assert f.positive_zero_rows is not None and u.positive_zero_rows is None
         assert f.positive.shape[1] < u.positive.shape[1] and u.segment_length == 512
-    torch.testing.assert_close(lat_f, lat_u, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(img_f, img_u, rtol=1e-5, atol=1e-5)
+    # Float rounding only, bounded as in the test above: the latents within sqrt(width) x sqrt(5) eps of
+    # their scale (cfg 2; measured 2.8-3.7 under AVX-512, AVX2 and no-SIMD kernels, 1-3 threads). The
+    # keyframes went through the VAE's decoder (and chunk 2's context through its encoder), which adds
+    # about sqrt(fan-in) of its widest convolution per rounding (measured 17-58 eps x max|image|).
+    width = tiny_wan_model.model.diffusion_model.blocks[0].cross_attn.o.in_features
+    convs = [m for m in story.vae.first_stage_model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d))]
+    fan_in = max(m.weight[0].numel() for m in convs)
+    growth = width ** 0.5 * 5 ** 0.5
+    eps = torch.finfo(lat_u.dtype).eps
+    torch.testing.assert_close(lat_f, lat_u, rtol=0, atol=growth * eps * float(lat_u.abs().max()))
+    torch.testing.assert_close(img_f, img_u, rtol=0, atol=growth * fan_in ** 0.5 * eps * float(img_u.abs().max()))
