@@ -315,17 +315,6 @@ class ComfyServer:
         """GET /queue: {"queue_running": [...], "queue_pending": [...]} (items: [number, prompt_id, ...])."""
         return self.get("/queue")
 
-    def wait_running(self, prompt_id: str, timeout: float = 60, poll: float = 0.05) -> None:
-        """Block until the prompt is the one executing (e.g. before interrupt())."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if any(item[1] == prompt_id for item in self.queue_state().get("queue_running", [])):
-                return
-            if prompt_id in self.history(prompt_id):
-                raise RuntimeError(f"prompt {prompt_id} finished before it was seen running")
-            time.sleep(poll)
-        raise TimeoutError(f"prompt {prompt_id} did not start in {timeout} s:\n{self.log_tail()}")
-
     def output_files(self, entry: dict, kind: str = "images") -> list[Path]:
         """Files listed under outputs[*][kind] of a history entry, as paths in this base dir."""
         dirs = {"output": "output", "temp": "temp", "input": "input"}
