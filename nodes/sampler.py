@@ -62,6 +62,10 @@ class DreamShotSampler(io.ComfyNode):
                 io.Int.Input("switch_step", default=0, min=0, max=10000, optional=True,
                              tooltip="With model_low_noise: the first step of the low-noise expert (as ComfyUI's "
                                      "Wan2.2 template's KSamplerAdvanced end/start step); 0 = from switch_boundary."),
+                io.Float.Input("cfg_low_noise", default=0.0, min=0.0, max=100.0, step=0.1, round=0.01, optional=True,
+                               tooltip="With model_low_noise: the CFG scale of the low-noise steps; 0 = the same as "
+                                       "cfg. The official A14B: cfg 4, cfg_low_noise 3. A step-distilled LoRA on the "
+                                       "low-noise expert only: cfg_low_noise 1."),
             ],
             outputs=[
                 io.Image.Output(display_name="keyframes", tooltip="One image per shot, in story order (with "
@@ -74,9 +78,10 @@ class DreamShotSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, sequence, seed, steps, cfg, sampler_name, scheduler, ref_cfg=2.0, chunk_size=0,
                 context_shots=0, variants=1, model_low_noise=None, switch_boundary=WAN22_T2V_BOUNDARY,
-                switch_step=0) -> io.NodeOutput:
+                switch_step=0, cfg_low_noise=0.0) -> io.NodeOutput:
         with reported_as(cls.DISPLAY):
-            experts = None if model_low_noise is None else Experts(model_low_noise, switch_boundary, switch_step)
+            experts = (None if model_low_noise is None
+                       else Experts(model_low_noise, switch_boundary, switch_step, cfg_low_noise))
             images, latent = sample_long_story(model, sequence, seed, steps, cfg, sampler_name, scheduler,
                                                ref_cfg=ref_cfg, chunk_size=chunk_size, context_shots=context_shots,
                                                variants=variants, experts=experts)

@@ -328,6 +328,38 @@ def test_two_experts_equal_comfyuis_two_ksampler_advanced(pack_module, tiny_wan_
     assert torch.equal(ours[:, :, :k], seq.latent[:, :, :k])
 
 
+def test_the_low_noise_expert_samples_at_its_own_cfg(pack_module, tiny_wan_model, tiny_low_noise_model, a14b_story):
+    """cfg_low_noise (the official A14B guides its experts with 4 and 3): ComfyUI's two KSamplerAdvanced
+    with a cfg each, on the DreamShot-patched experts; 0 keeps the sampler's cfg for both."""
+    import comfy.sample
+
+    sampling = pack_module("comfy_bridge.sampling")
+    wan_patches = pack_module("comfy_bridge.wan_patches")
+    steps, switch, seq = 4, 2, a14b_story
+    with torch.inference_mode():
+        def ours(cfg_low):
+            return sampling.sample_story(tiny_wan_model, seq, 5, steps, 2.0, "euler", "simple",
+                                         experts=sampling.Experts(tiny_low_noise_model, switch_step=switch, cfg=cfg_low))
+
+        own, same = ours(3.0), ours(0.0)
+        hi, lo = (wan_patches.patch_for_story(m, seq) for m in (tiny_wan_model, tiny_low_noise_model))
+        noise = sampling.initial_noise(seq, 5, seq.latent)
+        conds = ([[seq.positive, {}]], [[seq.negative, {}]])
+        mask = seq.denoise_mask()
+        mid = comfy.sample.sample(hi, noise, steps, 2.0, "euler", "simple", *conds, seq.latent, noise_mask=mask,
+                                  start_step=0, last_step=switch, force_full_denoise=False, seed=5)
+        mid[:, :, : seq.layout.num_refs] = seq.latent[:, :, : seq.layout.num_refs]
+        refs = {c: comfy.sample.sample(lo, torch.zeros_like(noise), steps, c, "euler", "simple", *conds, mid,
+                                       noise_mask=mask, start_step=switch, last_step=10000, force_full_denoise=True,
+                                       seed=5) for c in (3.0, 2.0)}
+    k = seq.layout.num_refs
+    # the same ComfyUI calls on the same tensors (measured: bit-equal); the bound allows a reordered sum
+    tol = 64 * torch.finfo(own.dtype).eps * float(refs[3.0][:, :, k:].abs().max())
+    torch.testing.assert_close(own[:, :, k:], refs[3.0][:, :, k:], rtol=0, atol=tol)
+    torch.testing.assert_close(same[:, :, k:], refs[2.0][:, :, k:], rtol=0, atol=tol)
+    assert not torch.allclose(own[:, :, k:], same[:, :, k:], atol=1e-3)   # the scale did change the low-noise steps
+
+
 def test_story_patches_apply_to_both_experts(N, pack_module, tiny_wan_model, tiny_low_noise_model, a14b_story,
                                              tmp_path_factory, comfy_headless):
     """RACL and a Shot LoRA put on the first expert by the nodes, and reference CFG, run in the second

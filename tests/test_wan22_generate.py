@@ -99,7 +99,7 @@ def graph(switch_step: int) -> dict:
     p["12"] = {"class_type": "DreamShotSampler", "inputs": {
         "model": ["7", 0], "sequence": ["11", 0], "seed": 5, "steps": 4, "cfg": 2.0, "sampler_name": "euler",
         "scheduler": "simple", "ref_cfg": 1.5, "chunk_size": 0, "context_shots": 0, "variants": 1,
-        "model_low_noise": ["6", 0], "switch_boundary": 0.875, "switch_step": switch_step}}
+        "model_low_noise": ["6", 0], "switch_boundary": 0.875, "switch_step": switch_step, "cfg_low_noise": 1.0}}
     p["13"] = {"class_type": "SaveImage", "inputs": {"images": ["12", 0], "filename_prefix": "two_experts/graph"}}
     return p
 
@@ -126,12 +126,14 @@ def test_two_experts_headless_equal_the_graph(setup, tmp_path):
                for node, out in entry["outputs"].items() if node == "13"]
     graph_images = [np.asarray(Image.open(p)) for p in files]
     log_text = run_headless(setup, story, tmp_path / "out", HIGH, VAE, "--dit-low-noise",
-                            str(setup[1] / "models" / "diffusion_models" / LOW), "--switch-step", "2")
+                            str(setup[1] / "models" / "diffusion_models" / LOW), "--switch-step", "2",
+                            "--cfg-low-noise", "1")
     images = [np.asarray(Image.open(tmp_path / "out" / f"{j}.png")) for j in (1, 2)]
     assert len(graph_images) == len(images) == 2
     for j, (a, b) in enumerate(zip(graph_images, images)):
         assert np.array_equal(a, b), f"shot {j + 1} differs"
     assert "two experts, 2 step(s) with the high-noise model, 2 with the low-noise one" in log_text
+    assert "cfg 2 then 1)" in log_text
     assert "the second model gets the first one's RACL Attention Patch" in log_text
 
 
@@ -147,8 +149,10 @@ def test_low_noise_flags_without_a_second_expert_are_refused_before_loading(setu
     _, base, story, env, comfy_root = setup
     argv = [sys.executable, "-m", "dreamshot.generate", str(story), "--out", str(tmp_path / "o"),
             "--dit", "missing.safetensors", "--vae", "missing.safetensors", "--text-encoder", "missing.safetensors",
-            "--switch-step", "3", "--comfyui", str(comfy_root), "--cpu"]
+            "--comfyui", str(comfy_root), "--cpu"]
     env = {**{k: v for k, v in os.environ.items() if k != "COMFYUI_PATH"}, **env, "PYTHONPATH": str(REPO)}
-    run = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 2
-    assert "input 'dit-low-noise': --lora-low-noise / --switch-* are given without a second expert." in run.stderr
+    for flag in (["--switch-step", "3"], ["--cfg-low-noise", "3"]):
+        run = subprocess.run(argv + flag, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 2
+        assert ("input 'dit-low-noise': --lora-low-noise / --switch-* / --cfg-low-noise are given without a second "
+                "expert.") in run.stderr

@@ -105,11 +105,14 @@ WAN22_T2V_BOUNDARY = 0.875
 class Experts:
     """A second model for the low-noise steps (Wan2.2-T2V-A14B's low-noise expert) and where it takes
     over: at ``switch_step`` when > 0, else at the first step whose sigma is below ``boundary`` (the
-    official rule: a step at sigma >= boundary is the high-noise expert's)."""
+    official rule: a step at sigma >= boundary is the high-noise expert's). ``cfg``: the low-noise steps'
+    CFG scale, 0 = the sampler's (the official A14B guides the high-noise expert with 4, the low-noise one
+    with 3; with a step-distilled LoRA on one expert only, that expert runs at 1)."""
 
     low_noise: object
     boundary: float = WAN22_T2V_BOUNDARY
     switch_step: int = 0
+    cfg: float = 0.0
 
     def switch_index(self, sigmas: torch.Tensor) -> int:
         """The first step (0-based, into ``sigmas``' steps) that the low-noise model samples; the number
@@ -145,8 +148,10 @@ def _two_experts(m, m_low, experts, noise, latent_image, keep, steps, scheduler,
         log.warning("DreamShot: the two experts have different sigma schedules (another shift on each?); both "
                     "follow the first model's, as the official Wan2.2 sampler runs one schedule.")
     switch = experts.switch_index(sigmas)
+    cfg_low = experts.cfg if experts.cfg > 0 else cfg
     log.info("DreamShot: two experts, %d step(s) with the high-noise model, %d with the low-noise one (switch at "
-             "step %d, sigma %.4f)", switch, len(sigmas) - 1 - switch, switch, float(sigmas[switch]))
+             "step %d, sigma %.4f; cfg %g then %g)", switch, len(sigmas) - 1 - switch, switch, float(sigmas[switch]),
+             cfg, cfg_low)
     total = len(sigmas) - 1
 
     def at(offset):   # one progress count over both stages
@@ -160,7 +165,7 @@ def _two_experts(m, m_low, experts, noise, latent_image, keep, steps, scheduler,
         out[:, :, keep] = latent_image[:, :, keep]   # the low-noise model sees the clean frames exactly
         noise = torch.zeros_like(noise)               # KSamplerAdvanced's add_noise disabled
     if switch < total:
-        out = _guided_sample(m_low, noise, out, sigmas[switch:], positive, negative, cfg, sampler_name, ref_cfg,
+        out = _guided_sample(m_low, noise, out, sigmas[switch:], positive, negative, cfg_low, sampler_name, ref_cfg,
                              mask, at(switch), disable_pbar, seed)
     return out
 

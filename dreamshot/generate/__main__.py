@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="steps at sigma >= this run on --dit (default 0.875, Wan2.2 T2V's)")
     wan22.add_argument("--switch-step", type=int, default=0,
                        help="the first step of the low-noise expert instead (0 = from --switch-boundary)")
+    wan22.add_argument("--cfg-low-noise", type=float, default=None,
+                       help="the CFG scale of the low-noise steps (default: --cfg; the official A14B: --cfg 4 "
+                            "--cfg-low-noise 3)")
     ap.add_argument("--keyframes", help="folder with an earlier run's <N>.png (the whole storyboard): the shots marked "
                     "'lock: true' are kept from it")
     ap.add_argument("--input-dir", help="folder the story's images must stay inside (default: the story file's "
@@ -307,9 +310,14 @@ def main(argv: list[str] | None = None, on_chunk=None) -> int:
                               max_latent_frames=settings.max_latent_frames, check_budget=False, geometry=geometry)
 
         plan = make_plan()
-        if not args.dit_low_noise and (args.lora_low_noise or args.switch_step or args.switch_boundary is not None):
-            raise DreamShotInputError("dit-low-noise", "--lora-low-noise / --switch-* are given without a second "
-                                      "expert.", "pass --dit-low-noise with the low-noise expert, or leave them out.")
+        if not args.dit_low_noise and (args.lora_low_noise or args.switch_step or args.switch_boundary is not None
+                                       or args.cfg_low_noise is not None):
+            raise DreamShotInputError("dit-low-noise", "--lora-low-noise / --switch-* / --cfg-low-noise are given "
+                                      "without a second expert.",
+                                      "pass --dit-low-noise with the low-noise expert, or leave them out.")
+        if args.cfg_low_noise is not None and args.cfg_low_noise <= 0:
+            raise DreamShotInputError("cfg-low-noise", f"{args.cfg_low_noise} is not a CFG scale.",
+                                      "give a scale > 0 (1 = no guidance), or leave it out to use --cfg.")
         te_config = text_encoder_config(args)
     except (DreamShotInputError, OSError, json.JSONDecodeError) as e:
         log.error("%s", e)
@@ -337,7 +345,7 @@ def main(argv: list[str] | None = None, on_chunk=None) -> int:
             low = load_dit(args.dit_low_noise, [(p, 1.0) for p in args.lora_low_noise], settings.shift,
                            args.weight_dtype or "default", args.dit_dtype)
             experts = Experts(low, WAN22_T2V_BOUNDARY if args.switch_boundary is None else args.switch_boundary,
-                              args.switch_step)
+                              args.switch_step, args.cfg_low_noise or 0.0)
         if vae_geometry(vae) != plan.layout.geometry:   # Wan2.2-TI2V-5B: its VAE's 16x latent, 48 channels
             plan = make_plan(vae_geometry(vae))
     except (DreamShotInputError, FileNotFoundError) as e:

@@ -336,8 +336,8 @@ def wan22_5b() -> Graph:
 def wan22_a14b() -> Graph:
     """Reference-to-shot on Wan2.2-T2V-A14B: the high-noise expert on 'model', the low-noise one on
     'model_low_noise' (each through its own Load DreamShot Model, for a LoRA per expert), switching at
-    sigma 0.875 (the official boundary); Wan2.1's VAE; the official shift 12 and 40 steps, cfg 3.5 for
-    both experts (the official code uses 4 on the high-noise and 3 on the low-noise one)."""
+    sigma 0.875 (the official boundary); Wan2.1's VAE; the official shift 12, 40 steps and guidance (cfg 4
+    on the high-noise expert, cfg_low_noise 3 on the low-noise one: configs/wan_t2v_A14B.py)."""
     g = Graph()
     experts = []
     for i, name in enumerate((DIT_A14B_HIGH, DIT_A14B_LOW)):
@@ -353,9 +353,9 @@ def wan22_a14b() -> Graph:
     vae = g.add("VAELoader", {"vae_name": VAE}, pos=(0, 360), properties=_model_meta(VAE, "vae"))
     seq = g.add("DreamShotShotSequencePack", {"width": 1280, "height": 720, "mode": "reference_to_shot"},
                 pos=(1080, 200), vae=vae, clip=clip, shots=_shots(g), characters=_cast(g))
-    sampler = g.add("DreamShotSampler", {"seed": 42, "steps": 40, "cfg": 3.5, "sampler_name": "euler",
+    sampler = g.add("DreamShotSampler", {"seed": 42, "steps": 40, "cfg": 4.0, "sampler_name": "euler",
                                          "scheduler": "simple", "ref_cfg": 2.0, "chunk_size": 6, "context_shots": 0,
-                                         "switch_boundary": 0.875, "switch_step": 0},
+                                         "switch_boundary": 0.875, "switch_step": 0, "cfg_low_noise": 3.0},
                     pos=(1440, 200), size=(340, 480), model=experts[0], sequence=seq, model_low_noise=experts[1])
     g.add("DreamShotStoryboardSheet", {"title": "Wan2.2-T2V-A14B (two experts)", "filename_prefix": "DreamShot/wan22_a14b"},
           pos=(1820, 200), size=(420, 480), keyframes=sampler, sequence=seq)
