@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from support.casts import mira_and_theo, random_image
 
 pytestmark = pytest.mark.comfyui
 
@@ -15,15 +16,9 @@ W = H = 64
 STEPS = 2
 
 
-def _image(seed, h=H, w=W):
-    return torch.rand(1, h, w, 3, generator=torch.Generator().manual_seed(seed))
-
-
 @pytest.fixture(scope="module")
 def cast(N):
-    (chars,) = N.DreamShotCharacterReference(image=_image(1), name="Mira", description="a woman in green")
-    (chars,) = N.DreamShotCharacterReference(image=_image(2, 48, 80), name="Theo", characters=chars)
-    return chars
+    return mira_and_theo(N, H, W)
 
 
 def _shots(N, prompts, boxes=""):
@@ -154,7 +149,7 @@ def test_text_to_shot_uses_no_references(N, tiny_wan_model, cast, tiny_vae, tiny
 
 
 def test_shot_to_shot_keeps_the_given_first_shot(N, tiny_wan_model, cast, tiny_vae, tiny_clip):
-    first = _image(9)
+    first = random_image(9, H, W)
     (shots,) = N.DreamShotShotScript(prompt=PROMPTS[0], characters="Mira", image=first)
     (shots,) = N.DreamShotShotScript(prompt=PROMPTS[1], characters="Mira", shots=shots)
     seq = _pack(N, tiny_vae, tiny_clip, shots, cast, mode="shot_to_shot")
@@ -230,7 +225,7 @@ def test_pack_refuses_what_is_not_a_chain_on_a_chain_socket(N, cast, socket, wro
     frontend that moved the links): the node names the socket, what it got and the fix, before
     touching the VAE or the text encoder."""
     shots = _shots(N, PROMPTS[:1])
-    value = {"characters": cast, "shots": shots, "image": _image(3)}[wrong]
+    value = {"characters": cast, "shots": shots, "image": random_image(3, H, W)}[wrong]
     args = {"characters": cast, socket: value}
     with pytest.raises(ValueError) as e:
         _pack(N, None, None, shots, **args)
@@ -305,7 +300,7 @@ def _self_attn_out(pack_module, model, seq):
 def test_racl_patch_blocks_the_other_characters_reference_inside_a_region(N, pack_module, tiny_wan_model, cast,
                                                                           tiny_vae, tiny_clip):
     shots = _shots(N, PROMPTS, boxes="Mira: 0, 0, 0.5, 1; Theo: 0.5, 0, 1, 1")
-    (theo2,) = N.DreamShotCharacterReference(image=_image(77, 48, 80), name="Theo", characters=cast[:1])
+    (theo2,) = N.DreamShotCharacterReference(image=random_image(77, 48, 80), name="Theo", characters=cast[:1])
     seq_a = _pack(N, tiny_vae, tiny_clip, shots, cast)
     seq_b = _pack(N, tiny_vae, tiny_clip, shots, theo2)         # only Theo's reference differs
     (patched,) = N.DreamShotRACLAttentionPatch(model=tiny_wan_model, strength=1.0, start_percent=0.0,

@@ -10,6 +10,7 @@ import dataclasses
 
 import pytest
 import torch
+from support.casts import random_image
 
 pytestmark = pytest.mark.comfyui
 
@@ -22,15 +23,11 @@ SHOTS = [("Mira and Theo on the harbour wall", "Mira, Theo, Harbour", MIRA_THEO_
          ("the empty harbour at dawn", "Harbour", "", "")]
 
 
-def _image(seed, h=H, w=W):
-    return torch.rand(1, h, w, 3, generator=torch.Generator().manual_seed(seed))
-
-
 @pytest.fixture(scope="module")
 def cast(N):
-    (chars,) = N.DreamShotCharacterReference(image=_image(1), name="Mira", description="a woman in green")
-    (chars,) = N.DreamShotCharacterReference(image=_image(2), name="Theo", characters=chars)
-    (chars,) = N.DreamShotCharacterReference(image=_image(3), name="Harbour", kind="location",
+    (chars,) = N.DreamShotCharacterReference(image=random_image(1, H, W), name="Mira", description="a woman in green")
+    (chars,) = N.DreamShotCharacterReference(image=random_image(2, H, W), name="Theo", characters=chars)
+    (chars,) = N.DreamShotCharacterReference(image=random_image(3, H, W), name="Harbour", kind="location",
                                              description="a small stone harbour", characters=chars)
     return chars
 
@@ -87,10 +84,10 @@ def test_shot_script_seed_and_negative_and_character_kind_and_mask(N):
     assert [(s.seed, s.negative_prompt) for s in shots] == [(None, "hats"), (1234, "")]
     cut_out = torch.ones(1, H, W)
     cut_out[:, 16:, 20:44] = 0                     # Load Image's MASK of a PNG whose background is transparent
-    (chars,) = N.DreamShotCharacterReference(image=_image(1), name="Mira", mask=cut_out)
-    (chars,) = N.DreamShotCharacterReference(image=_image(2), name="Theo", mask=cut_out, mask_meaning="1 = character",
+    (chars,) = N.DreamShotCharacterReference(image=random_image(1, H, W), name="Mira", mask=cut_out)
+    (chars,) = N.DreamShotCharacterReference(image=random_image(2, H, W), name="Theo", mask=cut_out, mask_meaning="1 = character",
                                              characters=chars)
-    (chars,) = N.DreamShotCharacterReference(image=_image(3), name="Quay", kind="prop", characters=chars)
+    (chars,) = N.DreamShotCharacterReference(image=random_image(3, H, W), name="Quay", kind="prop", characters=chars)
     assert torch.equal(chars[0].masks, 1 - cut_out) and torch.equal(chars[1].masks, cut_out)
     assert [c.kind for c in chars] == ["character", "character", "prop"]
     with pytest.raises(ValueError, match=r"Shot Script: input 'character_boxes': the box 'Ayla: -0.5, 0, 2.5, 1' "

@@ -7,6 +7,7 @@ import dataclasses
 
 import pytest
 import torch
+from support.casts import mira_and_theo
 
 from dreamshot.attention import sdpa_attention
 from dreamshot.guidance import reference_guidance, self_attention_without_refs, two_scale_guidance
@@ -48,15 +49,9 @@ def sampling(pack_module):
     return pack_module("comfy_bridge.sampling")
 
 
-def _image(seed, h=H, w=W):
-    return torch.rand(1, h, w, 3, generator=torch.Generator().manual_seed(seed))
-
-
 @pytest.fixture(scope="module")
 def cast(N):
-    (chars,) = N.DreamShotCharacterReference(image=_image(1), name="Mira", description="a woman in green")
-    (chars,) = N.DreamShotCharacterReference(image=_image(2, 48, 80), name="Theo", characters=chars)
-    return chars
+    return mira_and_theo(N, H, W)
 
 
 def _story(N, vae, clip, cast, shots_spec, mode="reference_to_shot", max_latent_frames=21):

@@ -5,21 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from support.casts import mira_and_theo
 
 pytestmark = pytest.mark.comfyui
 
 W = H = 64
 STEPS = 2
-
-
-def _image(seed, h=H, w=W):
-    return torch.rand(1, h, w, 3, generator=torch.Generator().manual_seed(seed))
-
-
-def _characters(N, theo_seed=2):
-    (chars,) = N.DreamShotCharacterReference(image=_image(1), name="Mira", description="a woman in green")
-    (chars,) = N.DreamShotCharacterReference(image=_image(theo_seed, 48, 80), name="Theo", characters=chars)
-    return chars
 
 
 def _story(N, vae, clip, characters):
@@ -47,8 +38,8 @@ def _block0_self_attention(pack_module, model, seq):
 
 def test_auto_regions_never_tie_a_shot_to_a_character_it_does_not_list(N, pack_module, tiny_wan_model, tiny_vae,
                                                                         tiny_clip):
-    seq_a = _story(N, tiny_vae, tiny_clip, _characters(N))
-    seq_b = _story(N, tiny_vae, tiny_clip, _characters(N, theo_seed=77))   # only Theo's reference differs
+    seq_a = _story(N, tiny_vae, tiny_clip, mira_and_theo(N, H, W))
+    seq_b = _story(N, tiny_vae, tiny_clip, mira_and_theo(N, H, W, theo_seed=77))   # only Theo's reference differs
     (patched,) = N.DreamShotRACLAttentionPatch(model=tiny_wan_model, strength=1.0, start_percent=0.0,
                                                end_percent=1.0, layers="0", auto_regions=True)
     lay = seq_a.layout
@@ -74,7 +65,7 @@ def test_negative_prompt_rows_get_the_positive_prompts_regions(N, pack_module, t
     from dreamshot.attention import sdpa_attention
 
     role_patch = pack_module("comfy_bridge.role_patch")
-    seq = _story(N, tiny_vae, tiny_clip, _characters(N))
+    seq = _story(N, tiny_vae, tiny_clip, mira_and_theo(N, H, W))
     lay = seq.layout
     heads, n = 2, lay.num_tokens
     mira, theo = (torch.arange(*lay.ref_token_span(i)) for i in range(2))

@@ -18,6 +18,7 @@ import zlib
 import pytest
 import torch
 import torch.nn.functional as F
+from support.casts import random_image
 
 pytestmark = pytest.mark.comfyui
 
@@ -49,14 +50,10 @@ def encode_text(text: str) -> torch.Tensor:
     return out
 
 
-def _image(seed):
-    return torch.rand(1, H, W, 3, generator=torch.Generator().manual_seed(seed))
-
-
 def make_story(pack_module, shot_names, mode="reference_to_shot"):
     story = pack_module("story")
-    chars = [story.Character("Mira", _image(1), description="a woman in a green coat"),
-             story.Character("Theo", _image(2), description="a man in a red hat")]
+    chars = [story.Character("Mira", random_image(1, H, W), description="a woman in a green coat"),
+             story.Character("Theo", random_image(2, H, W), description="a man in a red hat")]
     shots = [story.Shot(f"shot {j + 1}: " + (" and ".join(names) or "an empty street"), tuple(names))
              for j, names in enumerate(shot_names)]
     plan = story.plan_story(chars if mode != "text_to_shot" else [], shots, W, H, mode=mode, check_budget=False)

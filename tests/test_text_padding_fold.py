@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from support.casts import mira_and_theo
 
 from dreamshot.attention import NO_TEXT, dense_masked_cross_attention, pad_segments, per_shot_cross_attention
 from dreamshot.story import fold_chunk_text, fold_story_text
@@ -209,14 +210,9 @@ W = H = 64
 STEPS = 2
 
 
-def _image(seed, h=H, w=W):
-    return torch.rand(1, h, w, 3, generator=torch.Generator().manual_seed(seed))
-
-
 @pytest.fixture(scope="module")
 def story(N, tiny_vae, tiny_clip):
-    (chars,) = N.DreamShotCharacterReference(image=_image(1), name="Mira", description="a woman in green")
-    (chars,) = N.DreamShotCharacterReference(image=_image(2, 48, 80), name="Theo", characters=chars)
+    chars = mira_and_theo(N, H, W)
     shots = None
     for prompt, who in [("Mira and Theo at a bus stop", "Mira, Theo"), ("Mira alone in the rain", "Mira"),
                         ("Theo reads a letter", "Theo")]:

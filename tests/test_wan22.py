@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from support.casts import mira_and_theo, random_image
 
 pytestmark = [pytest.mark.comfyui, pytest.mark.slow]
 
@@ -19,15 +20,9 @@ STEPS = 2
 BOXES = "Mira: 0, 0, 0.5, 1; Theo: 0.5, 0, 1, 1"
 
 
-def _image(seed, h=H, w=W):
-    return torch.rand(1, h, w, 3, generator=torch.Generator().manual_seed(seed))
-
-
 @pytest.fixture(scope="module")
 def cast(N):
-    (chars,) = N.DreamShotCharacterReference(image=_image(1), name="Mira", description="a woman in green")
-    (chars,) = N.DreamShotCharacterReference(image=_image(2, 48, 80), name="Theo", characters=chars)
-    return chars
+    return mira_and_theo(N, H, W)
 
 
 def _shots(N, first_image=None, boxes=BOXES):
@@ -218,7 +213,7 @@ def test_5b_edit_keeps_the_locked_shot_exactly(N, model22, cast, tiny_wan22_vae,
 
 
 def test_5b_shot_to_shot_keeps_the_given_first_shot(N, model22, cast, tiny_wan22_vae, tiny_clip):
-    first = _image(7)[0]
+    first = random_image(7, H, W)[0]
     s2s = _pack(N, tiny_wan22_vae, tiny_clip, _shots(N, first_image=first[None]), cast, mode="shot_to_shot")
     images, _ = N.DreamShotSampler(model=model22, sequence=s2s, seed=3, steps=STEPS, cfg=1.0,
                                    sampler_name="euler", scheduler="simple", ref_cfg=1.0)
@@ -300,27 +295,38 @@ def test_two_experts_switch_at_the_right_step_with_one_progress_bar(N, pack_modu
     assert images.shape == (2, 64, 64, 3)
 
 
+def _comfy_two_ksampler_advanced(pack_module, high, low, seq, steps, switch, cfg, low_cfgs, restore_clean=False):
+    """ComfyUI's Wan2.2 template on the DreamShot-patched experts: KSamplerAdvanced 0 -> switch at ``cfg``
+    returning its leftover noise, then switch -> end adding none, the same seed; one result per low-noise
+    cfg in ``low_cfgs``. ``restore_clean``: put the clean frames back in between, as DreamShot does."""
+    import comfy.sample
+
+    sampling = pack_module("comfy_bridge.sampling")
+    wan_patches = pack_module("comfy_bridge.wan_patches")
+    hi, lo = (wan_patches.patch_for_story(m, seq) for m in (high, low))
+    noise = sampling.initial_noise(seq, 5, seq.latent)
+    conds = ([[seq.positive, {}]], [[seq.negative, {}]])
+    mask = seq.denoise_mask()
+    mid = comfy.sample.sample(hi, noise, steps, cfg, "euler", "simple", *conds, seq.latent, noise_mask=mask,
+                              start_step=0, last_step=switch, force_full_denoise=False, seed=5)
+    if restore_clean:
+        mid[:, :, : seq.layout.num_refs] = seq.latent[:, :, : seq.layout.num_refs]
+    return [comfy.sample.sample(lo, torch.zeros_like(noise), steps, c, "euler", "simple", *conds, mid, noise_mask=mask,
+                                start_step=switch, last_step=10000, force_full_denoise=True, seed=5) for c in low_cfgs]
+
+
 def test_two_experts_equal_comfyuis_two_ksampler_advanced(pack_module, tiny_wan_model, tiny_low_noise_model,
                                                           a14b_story):
     """The two-expert pass is ComfyUI's Wan2.2 template (KSamplerAdvanced 0 -> s with leftover noise, then
     s -> end adding no noise, the same seed) on the DreamShot-patched experts; DreamShot also puts the
     clean frames back exactly between the two, which moves the result by rounding only."""
-    import comfy.sample
-
     sampling = pack_module("comfy_bridge.sampling")
-    wan_patches = pack_module("comfy_bridge.wan_patches")
     steps, switch, seq = 6, 2, a14b_story
     with torch.inference_mode():
         ours = sampling.sample_story(tiny_wan_model, seq, 5, steps, 1.0, "euler", "simple",
                                      experts=sampling.Experts(tiny_low_noise_model, switch_step=switch))
-        hi, lo = (wan_patches.patch_for_story(m, seq) for m in (tiny_wan_model, tiny_low_noise_model))
-        noise = sampling.initial_noise(seq, 5, seq.latent)
-        conds = ([[seq.positive, {}]], [[seq.negative, {}]])
-        mask = seq.denoise_mask()
-        mid = comfy.sample.sample(hi, noise, steps, 1.0, "euler", "simple", *conds, seq.latent, noise_mask=mask,
-                                  start_step=0, last_step=switch, force_full_denoise=False, seed=5)
-        ref = comfy.sample.sample(lo, torch.zeros_like(noise), steps, 1.0, "euler", "simple", *conds, mid,
-                                  noise_mask=mask, start_step=switch, last_step=10000, force_full_denoise=True, seed=5)
+        [ref] = _comfy_two_ksampler_advanced(pack_module, tiny_wan_model, tiny_low_noise_model, seq, steps, switch,
+                                             1.0, [1.0])
         single = sampling.sample_story(tiny_wan_model, seq, 5, steps, 1.0, "euler", "simple")
     k = seq.layout.num_refs
     assert torch.allclose(ours[:, :, k:], ref[:, :, k:], atol=1e-4, rtol=0)
@@ -331,10 +337,7 @@ def test_two_experts_equal_comfyuis_two_ksampler_advanced(pack_module, tiny_wan_
 def test_the_low_noise_expert_samples_at_its_own_cfg(pack_module, tiny_wan_model, tiny_low_noise_model, a14b_story):
     """cfg_low_noise (the official A14B guides its experts with 4 and 3): ComfyUI's two KSamplerAdvanced
     with a cfg each, on the DreamShot-patched experts; 0 keeps the sampler's cfg for both."""
-    import comfy.sample
-
     sampling = pack_module("comfy_bridge.sampling")
-    wan_patches = pack_module("comfy_bridge.wan_patches")
     steps, switch, seq = 4, 2, a14b_story
     with torch.inference_mode():
         def ours(cfg_low):
@@ -342,21 +345,13 @@ def test_the_low_noise_expert_samples_at_its_own_cfg(pack_module, tiny_wan_model
                                          experts=sampling.Experts(tiny_low_noise_model, switch_step=switch, cfg=cfg_low))
 
         own, same = ours(3.0), ours(0.0)
-        hi, lo = (wan_patches.patch_for_story(m, seq) for m in (tiny_wan_model, tiny_low_noise_model))
-        noise = sampling.initial_noise(seq, 5, seq.latent)
-        conds = ([[seq.positive, {}]], [[seq.negative, {}]])
-        mask = seq.denoise_mask()
-        mid = comfy.sample.sample(hi, noise, steps, 2.0, "euler", "simple", *conds, seq.latent, noise_mask=mask,
-                                  start_step=0, last_step=switch, force_full_denoise=False, seed=5)
-        mid[:, :, : seq.layout.num_refs] = seq.latent[:, :, : seq.layout.num_refs]
-        refs = {c: comfy.sample.sample(lo, torch.zeros_like(noise), steps, c, "euler", "simple", *conds, mid,
-                                       noise_mask=mask, start_step=switch, last_step=10000, force_full_denoise=True,
-                                       seed=5) for c in (3.0, 2.0)}
+        ref_own, ref_same = _comfy_two_ksampler_advanced(pack_module, tiny_wan_model, tiny_low_noise_model, seq, steps,
+                                                         switch, 2.0, [3.0, 2.0], restore_clean=True)
     k = seq.layout.num_refs
     # the same ComfyUI calls on the same tensors (measured: bit-equal); the bound allows a reordered sum
-    tol = 64 * torch.finfo(own.dtype).eps * float(refs[3.0][:, :, k:].abs().max())
-    torch.testing.assert_close(own[:, :, k:], refs[3.0][:, :, k:], rtol=0, atol=tol)
-    torch.testing.assert_close(same[:, :, k:], refs[2.0][:, :, k:], rtol=0, atol=tol)
+    tol = 64 * torch.finfo(own.dtype).eps * float(ref_own[:, :, k:].abs().max())
+    torch.testing.assert_close(own[:, :, k:], ref_own[:, :, k:], rtol=0, atol=tol)
+    torch.testing.assert_close(same[:, :, k:], ref_same[:, :, k:], rtol=0, atol=tol)
     assert not torch.allclose(own[:, :, k:], same[:, :, k:], atol=1e-3)   # the scale did change the low-noise steps
 
 
