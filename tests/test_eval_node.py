@@ -16,6 +16,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from support.node_calls import comfy_folders, run_node
 
 from dreamshot.shapes import SHAPE_CAST, ShapeAnalyzer, render_scene
 
@@ -46,13 +47,6 @@ def model_dirs(metrics_node, tmp_path):
         dirs[key] = d
     yield dirs
     folder_paths.folder_names_and_paths.update(saved)
-
-
-def run_node(node_cls, **kwargs):
-    """As ComfyUI's executor calls a V3 node: validated class, a clone per run."""
-    node_cls.VALIDATE_CLASS()
-    clone = node_cls.PREPARE_CLASS_CLONE({})
-    return clone.EXECUTE_NORMALIZED(**kwargs)
 
 
 def as_image(arr: np.ndarray) -> torch.Tensor:
@@ -170,7 +164,6 @@ def test_face_model_folders_are_listed_and_bad_ones_refused(metrics_node, pack_m
 
 
 def test_full_run_with_a_tiny_local_clip_shows_the_table(metrics_node, pack_module, model_dirs, tmp_path):
-    import folder_paths
     from test_eval_clip import write_tiny_clip
 
     cls, module = metrics_node
@@ -178,13 +171,9 @@ def test_full_run_with_a_tiny_local_clip_shows_the_table(metrics_node, pack_modu
     (model_dirs[module.CLIP_FOLDER] / "no-config").mkdir()
     assert module.clip_folders() == ["tiny-clip"]
     temp = tmp_path / "temp"
-    old_temp = folder_paths.get_temp_directory()
-    folder_paths.set_temp_directory(str(temp))
-    try:
+    with comfy_folders(temp=temp):
         out = run_node(cls, keyframes=keyframes(*GOOD), sequence=sequence(pack_module), face_model="None",
                        clip_model="tiny-clip")
-    finally:
-        folder_paths.set_temp_directory(old_temp)
     (table,) = out.result
     s = summary(table)
     assert s["ID sim"] == "–" and 0.0 <= float(s["CLIP"]) <= 100.0

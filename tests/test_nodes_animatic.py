@@ -11,6 +11,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import torch
+from support.node_calls import comfy_folders, run_node
 
 pytestmark = pytest.mark.comfyui
 
@@ -20,27 +21,11 @@ otio = pytest.importorskip("opentimelineio")
 DURATIONS = (1.0, 0.5, 0.75)
 
 
-def run_node(node_cls, **kwargs):
-    """As ComfyUI's executor calls a V3 node (a class clone), under inference mode."""
-    node_cls.VALIDATE_CLASS()
-    clone = node_cls.PREPARE_CLASS_CLONE({})
-    with torch.inference_mode():
-        return clone.EXECUTE_NORMALIZED(**kwargs)
-
-
 @pytest.fixture
 def folders(pack_nodes, tmp_path):
-    import folder_paths
-
-    old = folder_paths.get_output_directory(), folder_paths.get_temp_directory()
     out, temp = tmp_path / "output", tmp_path / "temp"
-    out.mkdir()
-    temp.mkdir()
-    folder_paths.set_output_directory(str(out))
-    folder_paths.set_temp_directory(str(temp))
-    yield out, temp
-    folder_paths.set_output_directory(old[0])
-    folder_paths.set_temp_directory(old[1])
+    with comfy_folders(output=out, temp=temp):
+        yield out, temp
 
 
 def keyframes(n=3, h=48, w=64):

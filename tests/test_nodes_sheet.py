@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from support.node_calls import comfy_folders, run_node
 from PIL import Image
 
 from dreamshot import sheet as sheet_mod
@@ -317,20 +318,9 @@ def comfy_pack():
 
 @pytest.fixture
 def output_dir(comfy_pack, tmp_path):
-    folder_paths = comfy_pack[3]
-    old = folder_paths.get_output_directory()
     out = tmp_path / "output"
-    out.mkdir()
-    folder_paths.set_output_directory(str(out))
-    yield out
-    folder_paths.set_output_directory(old)
-
-
-def run_node(node_cls, hidden=None, **kwargs):
-    """As ComfyUI's executor calls a V3 node: a class clone carrying the hidden inputs."""
-    node_cls.VALIDATE_CLASS()
-    clone = node_cls.PREPARE_CLASS_CLONE(hidden or {})
-    return clone.EXECUTE_NORMALIZED(**kwargs)
+    with comfy_folders(output=out):
+        yield out
 
 
 def fake_sequence(story, mode="text_to_shot", lock=()):

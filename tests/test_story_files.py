@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from support.node_calls import comfy_folders, run_node
 from PIL import Image
 
 from dreamshot.errors import DreamShotInputError
@@ -421,27 +422,11 @@ def test_vistory_stories_import_as_story_files(tmp_path):
 
 
 # -- the nodes in the real ComfyUI -----------------------------------------------------------------
-def run_node(node_cls, **kwargs):
-    """As ComfyUI's executor calls a V3 node (a class clone), under inference mode."""
-    node_cls.VALIDATE_CLASS()
-    clone = node_cls.PREPARE_CLASS_CLONE({})
-    with torch.inference_mode():
-        return clone.EXECUTE_NORMALIZED(**kwargs)
-
-
 @pytest.fixture
 def folders(pack_nodes, tmp_path):
-    import folder_paths
-
-    old = folder_paths.get_input_directory(), folder_paths.get_output_directory()
     inp, out = tmp_path / "input", tmp_path / "output"
-    inp.mkdir()
-    out.mkdir()
-    folder_paths.set_input_directory(str(inp))
-    folder_paths.set_output_directory(str(out))
-    yield inp, out
-    folder_paths.set_input_directory(old[0])
-    folder_paths.set_output_directory(old[1])
+    with comfy_folders(input=inp, output=out):
+        yield inp, out
 
 
 def test_nodes_are_registered(pack_nodes, folders):

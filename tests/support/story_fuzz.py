@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .node_calls import comfy_folders
+
 PACK = "Shot Sequence Pack"
 SAMPLER = "DreamShot Sampler"
 RACL = "RACL Attention Patch"
@@ -171,15 +173,9 @@ def sample(N, model, sequence, spec: StorySpec, **overrides):
 
 def sheet(N, images, sequence, out_dir):
     """Storyboard Sheet into ``out_dir`` (ComfyUI's output folder is pointed there for the call)."""
-    import folder_paths
-
-    before = folder_paths.get_output_directory()
-    folder_paths.set_output_directory(str(out_dir))
-    try:
+    with comfy_folders(output=out_dir):
         (image,) = N.DreamShotStoryboardSheet(keyframes=images, sequence=sequence, title="fuzz", columns=0,
                                               filename_prefix="fuzz/sheet", save_pdf=False)
-    finally:
-        folder_paths.set_output_directory(before)
     return image
 
 
