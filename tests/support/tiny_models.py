@@ -79,18 +79,19 @@ def write_random_wan22_vae(path, seed=0, dtype=torch.bfloat16) -> Path:
     """The Wan2.2 VAE (ComfyUI's comfy.ldm.wan.vae2_2.WanVAE at the sizes comfy/sd.py detects), random."""
     import comfy.ldm.wan.vae2_2 as wan22_vae
 
-    vae = wan22_vae.WanVAE(dim=160, z_dim=48, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
-                           temperal_downsample=[False, True, True], dropout=0.0)
-    _fill(vae, seed, gain=0.5)
-    _atomic_save({k: v.to(dtype) for k, v in vae.state_dict().items()}, Path(path))
-    return Path(path)
+    return _write_random_vae(wan22_vae.WanVAE, 160, 48, path, seed, dtype)
 
 
 def write_random_wan_vae(path, seed=0, dtype=torch.bfloat16) -> Path:
     import comfy.ldm.wan.vae as wan_vae
 
-    vae = wan_vae.WanVAE(dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
-                         temperal_downsample=[False, True, True], dropout=0.0)
+    return _write_random_vae(wan_vae.WanVAE, 96, 16, path, seed, dtype)
+
+
+def _write_random_vae(vae_class, dim, z_dim, path, seed, dtype) -> Path:
+    """ComfyUI's Wan VAE class at the one layout comfy/sd.py builds for it, randomly filled, saved."""
+    vae = vae_class(dim=dim, z_dim=z_dim, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+                    temperal_downsample=[False, True, True], dropout=0.0)
     _fill(vae, seed, gain=0.5)
     _atomic_save({k: v.to(dtype) for k, v in vae.state_dict().items()}, Path(path))
     return Path(path)
